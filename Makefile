@@ -1,0 +1,47 @@
+# vlmtune — every target sets up .venv first (idempotent: seconds when nothing changed).
+#   make demo    the whole pipeline on the bundled tiny model and synthetic data
+#   make test    the test suite (SLOW=1 adds the slow tests)
+#   make ui      the MLflow dashboard on http://127.0.0.1:5000
+
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU wheel; a CUDA user sets e.g. TORCH_SPEC="torch==2.13.0 --index-url <their index>".
+TORCH_SPEC ?= torch==2.13.0
+PIP_FLAGS ?= -q --disable-pip-version-check
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-stamp
+MLFLOW_URI ?= sqlite:///mlflow.db
+PYTEST_MARKERS := $(if $(SLOW),not gpu,not slow and not gpu)
+
+.PHONY: setup demo test bench ui lint format clean
+
+setup: $(STAMP)
+
+# torch is installed first and explicitly, so no dependency can pull another build of it.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_FLAGS) $(TORCH_SPEC)
+	$(BIN)/pip install $(PIP_FLAGS) -e ".[dev]"
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/vlmtune run experiment=demo
+
+test: setup
+	$(BIN)/python -m pytest -p no:cacheprovider -m "$(PYTEST_MARKERS)" tests
+
+bench: setup
+	$(BIN)/python benchmarks/run.py
+
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+format: setup
+	$(BIN)/ruff check --fix src tests benchmarks
+
+clean:
+	rm -rf outputs multirun .cache mlflow.db mlartifacts .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +

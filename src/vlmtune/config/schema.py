@@ -1,0 +1,252 @@
+"""Typed schemas of the composed recipe; each validates itself and names the offending key.
+
+Hydra merges the YAML of every group into these dataclasses (so a misspelt key or a value of
+the wrong type fails at composition), then :func:`vlmtune.config.validate` builds the objects,
+whose ``__post_init__`` checks the values that types cannot express.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from vlmtune.errors import ConfigError
+
+FAMILIES = ("internvl",)
+DTYPES = ("float32", "bfloat16", "float16")
+CHAT_TEMPLATES = ("internlm2",)
+METHODS = ("lora",)
+FREEZE_PRESETS = ("tutorial", "adapters_only")
+ADAPTERS = ("foodieqa",)
+FOODIEQA_TASKS = ("sivqa",)
+LANGS = ("zh", "en")
+ON_INVALID = ("drop", "raise")
+SCORERS = ("likelihood", "generate")
+STAGES = ("ingest", "train", "convert", "evaluate")
+
+
+def check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+def check_range(key: str, value: float, low: float | None = None, high: float | None = None,
+                *, low_open: bool = False) -> None:
+    too_low = low is not None and (value <= low if low_open else value < low)
+    if too_low or (high is not None and value > high):
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        bracket = "(" if low_open else "["
+        raise ConfigError(f"{key}={value!r} is out of range; allowed: {bracket}{lo}, {hi}]")
+
+
+@dataclass
+class TinyModelSpec:
+    """Dimensions of the tiny InternVL-architecture model built offline for demos and tests."""
+
+    tile_size: int = 56
+    patch_size: int = 14
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 2
+    text_hidden: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    text_intermediate: int = 256
+    vocab_size: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.tile_size % self.patch_size or (self.tile_size // self.patch_size) % 2:
+            raise ConfigError(
+                f"model.tiny.tile_size={self.tile_size} must be an even multiple of "
+                f"model.tiny.patch_size={self.patch_size} (pixel shuffle folds 2x2 patches)")
+        if self.text_heads % self.text_kv_heads:
+            raise ConfigError("model.tiny.text_heads must be a multiple of "
+                              "model.tiny.text_kv_heads")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny_internvl"
+    family: str = "internvl"
+    # A local HF directory. With build=tiny it is created there on first use.
+    path: str = MISSING
+    build: str | None = None
+    seed: int = 0
+    min_tiles: int = 1
+    max_tiles: int = 6
+    dtype: str = "float32"
+    chat_template: str = "internlm2"
+    # None: the template's default system prompt; "": none.
+    system_prompt: str | None = None
+    tiny: TinyModelSpec = field(default_factory=TinyModelSpec)
+
+    def __post_init__(self) -> None:
+        check_choice("model.family", self.family, FAMILIES)
+        check_choice("model.dtype", self.dtype, DTYPES)
+        check_choice("model.chat_template", self.chat_template, CHAT_TEMPLATES)
+        if self.build is not None:
+            check_choice("model.build", self.build, ("tiny",))
+        check_range("model.min_tiles", self.min_tiles, 1)
+        check_range("model.max_tiles", self.max_tiles, self.min_tiles)
+
+
+@dataclass
+class LoraSpec:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    # None: every linear layer of the LLM (never the projector, vision tower or lm_head).
+    target_modules: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        check_range("method.lora.r", self.r, 1)
+        check_range("method.lora.alpha", self.alpha, 0, low_open=True)
+        check_range("method.lora.dropout", self.dropout, 0.0, 1.0)
+
+
+@dataclass
+class MethodConfig:
+    name: str = "lora"
+    freeze: str = "tutorial"
+    lora: LoraSpec = field(default_factory=LoraSpec)
+
+    def __post_init__(self) -> None:
+        check_choice("method.name", self.name, METHODS)
+        check_choice("method.freeze", self.freeze, FREEZE_PRESETS)
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 2e-4
+    projector_lr: float | None = None
+    weight_decay: float = 0.0
+    batch_size: int = 4
+    grad_accum: int = 1
+    # Exactly one of max_iters / epochs. An iteration is one micro-batch (as in mmengine).
+    max_iters: int | None = 200
+    epochs: int | None = None
+    warmup_ratio: float = 0.03
+    max_grad_norm: float | None = 1.0
+    save_every: int = 50
+    keep_last_n: int = 2
+    seed: int = 0
+    max_length: int = 2048
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        check_range("train.lr", self.lr, 0.0, low_open=True)
+        if self.projector_lr is not None:
+            check_range("train.projector_lr", self.projector_lr, 0.0, low_open=True)
+        check_range("train.batch_size", self.batch_size, 1)
+        check_range("train.grad_accum", self.grad_accum, 1)
+        check_range("train.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        check_range("train.keep_last_n", self.keep_last_n, 1)
+        check_range("train.max_length", self.max_length, 16)
+        if (self.max_iters is None) == (self.epochs is None):
+            raise ConfigError("set exactly one of train.max_iters and train.epochs "
+                              f"(got max_iters={self.max_iters}, epochs={self.epochs})")
+        if self.max_iters is not None:
+            check_range("train.max_iters", self.max_iters, 1)
+            if self.max_iters % self.grad_accum:
+                raise ConfigError(f"train.max_iters={self.max_iters} must be a multiple of "
+                                  f"train.grad_accum={self.grad_accum}")
+        if self.epochs is not None:
+            check_range("train.epochs", self.epochs, 1)
+        if self.save_every < 1 or self.save_every % self.grad_accum:
+            raise ConfigError(f"train.save_every={self.save_every} must be a positive multiple "
+                              f"of train.grad_accum={self.grad_accum} (checkpoints fall on "
+                              "optimizer steps)")
+
+
+@dataclass
+class SynthSpec:
+    """Generate a FoodieQA-shaped dataset into ``dataset.root`` (demo and tests)."""
+
+    seed: int = 0
+    num_dishes: int = 10
+    photos_per_dish: int = 6
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "foodie_synth"
+    adapter: str = "foodieqa"
+    root: str = MISSING
+    task: str = "sivqa"
+    lang: str = "zh"
+    template: int = 0
+    on_invalid: str = "drop"
+    heldout_fraction: float = 0.25
+    split_seed: int = 0
+    license: str | None = None
+    # "evaluation": the licence does not cover training; training needs acknowledge_license.
+    usage: str | None = None
+    acknowledge_license: bool = False
+    synthetic: SynthSpec | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("dataset.adapter", self.adapter, ADAPTERS)
+        check_choice("dataset.task", self.task, FOODIEQA_TASKS)
+        check_choice("dataset.lang", self.lang, LANGS)
+        check_choice("dataset.on_invalid", self.on_invalid, ON_INVALID)
+        check_range("dataset.heldout_fraction", self.heldout_fraction, 0.0, 1.0, low_open=True)
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = "foodie_synth_sivqa"
+    split: str = "heldout"
+    # The first scorer gives `accuracy`; every scorer also logs `<scorer>/accuracy`.
+    scorers: list[str] = field(default_factory=lambda: ["likelihood"])
+    max_new_tokens: int = 16
+    batch_size: int = 8
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("benchmark.split", self.split, ("heldout",))
+        if not self.scorers:
+            raise ConfigError("benchmark.scorers is empty; choose from: " + ", ".join(SCORERS))
+        for i, scorer in enumerate(self.scorers):
+            check_choice(f"benchmark.scorers[{i}]", scorer, SCORERS)
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    # Any MLflow tracking URI: sqlite:///mlflow.db (default), http://host:5000, ...
+    uri: str = "sqlite:///mlflow.db"
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "finetune"
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+
+    def __post_init__(self) -> None:
+        for i, stage in enumerate(self.stages):
+            check_choice(f"pipeline.stages[{i}]", stage, STAGES)
+
+
+@dataclass
+class RecipeConfig:
+    """The whole composed recipe."""
+
+    experiment_name: str = "default"
+    output_root: str = "outputs"
+    cache_dir: str = ".cache/vlmtune"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+    def __post_init__(self) -> None:
+        if not self.experiment_name or "/" in self.experiment_name:
+            raise ConfigError(f"experiment_name={self.experiment_name!r} must be a non-empty "
+                              "name without '/'")

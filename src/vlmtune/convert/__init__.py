@@ -1,0 +1,1 @@
+"""Checkpoint conversion: adapter merge (and, later, layout converters and serving bundles)."""

@@ -1,0 +1,219 @@
+"""Training samples from a conversation JSONL, and the collator that batches them."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from vlmtune.data.images import IMG_CONTEXT, IMG_END, image_token_block, open_image, tile_image
+from vlmtune.data.templates import (
+    IGNORE_INDEX,
+    ChatTemplate,
+    encode_conversation,
+    validate_conversation,
+)
+from vlmtune.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageSpec:
+    """Image settings derived from the model config."""
+
+    tile_size: int
+    tokens_per_tile: int
+    max_tiles: int
+
+    def __post_init__(self) -> None:
+        for name in ("tile_size", "tokens_per_tile", "max_tiles"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ImageSpec.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass
+class _Record:
+    line: int
+    id: str
+    images: list[Path]
+    conversations: list[dict]
+
+
+class ConversationDataset(Dataset):
+    """Conversation records (LLaVA style JSONL) as tokenized, label-masked, tiled samples.
+
+    Records and image paths are checked when the dataset is built; tokenization and image
+    decoding happen per item. A sample longer than ``max_length`` is cut from the end, never
+    through an image's token block (DataError ``too_long`` if the images alone do not fit).
+    """
+
+    def __init__(
+        self,
+        jsonl_path: Path,
+        image_root: Path,
+        tokenizer: Any,
+        image_processor: Any,
+        *,
+        tokens_per_tile: int,
+        template: ChatTemplate,
+        system: str | None = None,
+        max_length: int,
+    ) -> None:
+        self.path = Path(jsonl_path)
+        self.image_root = Path(image_root).resolve()
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.tokens_per_tile = tokens_per_tile
+        self.template = template
+        self.system = system
+        self.max_length = max_length
+        self.img_context_id = _token_id(tokenizer, IMG_CONTEXT)
+        self.img_end_id = _token_id(tokenizer, IMG_END)
+        self.num_truncated = 0  # counted in this process only
+        self.records = self._read()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rec = self.records[index]
+        tiles, counts = [], []
+        for path in rec.images:
+            pixel_values, n = tile_image(self.image_processor, open_image(path))
+            tiles.append(pixel_values)
+            counts.append(n)
+        blocks = [image_token_block(n, self.tokens_per_tile) for n in counts]
+        with self._located(rec):
+            input_ids, labels = encode_conversation(
+                self.tokenizer, rec.conversations, template=self.template,
+                image_blocks=blocks, system=self.system,
+            )
+            input_ids, labels = self._fit(rec, input_ids, labels, sum(counts))
+        return {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "pixel_values": torch.cat(tiles) if tiles else None,
+            "num_tiles": sum(counts),
+        }
+
+    def _fit(
+        self, rec: _Record, input_ids: list[int], labels: list[int], num_tiles: int
+    ) -> tuple[list[int], list[int]]:
+        expected = num_tiles * self.tokens_per_tile
+        if input_ids.count(self.img_context_id) != expected:
+            raise DataError(
+                f"record {rec.id!r}: expected {expected} {IMG_CONTEXT} tokens, got "
+                f"{input_ids.count(self.img_context_id)}", reason="image_token_mismatch",
+                hint="does the text contain image special tokens?",
+            )
+        if len(input_ids) <= self.max_length:
+            return input_ids, labels
+        image_end = max((i + 1 for i, t in enumerate(input_ids) if t == self.img_end_id), default=0)
+        if image_end > self.max_length:
+            raise DataError(
+                f"record {rec.id!r}: its image tokens end at {image_end} > max_length "
+                f"{self.max_length}", reason="too_long",
+                hint="raise max_length or lower the maximum number of tiles",
+            )
+        if all(t == IGNORE_INDEX for t in labels[: self.max_length]):
+            raise DataError(
+                f"record {rec.id!r}: no reply token left within max_length {self.max_length}",
+                reason="too_long", hint="raise max_length or shorten the prompt",
+            )
+        self.num_truncated += 1
+        log.debug("truncated record %r from %d to %d tokens", rec.id, len(input_ids),
+                  self.max_length)
+        return input_ids[: self.max_length], labels[: self.max_length]
+
+    def _read(self) -> list[_Record]:
+        records = []
+        with self.path.open(encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    raw = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"invalid JSON: {err.msg}", reason="bad_json",
+                                    file=str(self.path), line=line_no) from None
+                records.append(self._parse(raw, line_no))
+        return records
+
+    def _parse(self, raw: Any, line_no: int) -> _Record:
+        where = {"file": str(self.path), "line": line_no}
+        if not isinstance(raw, dict) or "conversations" not in raw:
+            raise DataError("a record must be an object with 'conversations'",
+                            reason="bad_record", **where)
+        image = raw.get("image")
+        names = [] if image is None else [image] if isinstance(image, str) else image
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise DataError("'image' must be a path or a list of paths", reason="bad_record",
+                            **where)
+        rec = _Record(line_no, str(raw.get("id", line_no)),
+                      [self._resolve(n, line_no) for n in names], raw["conversations"])
+        with self._located(rec):
+            validate_conversation(rec.conversations, len(rec.images))
+        return rec
+
+    def _resolve(self, name: str, line_no: int) -> Path:
+        path = (self.image_root / name).resolve()
+        if not path.is_relative_to(self.image_root):
+            raise DataError(f"image path {name!r} is outside the image root {self.image_root}",
+                            reason="bad_image_path", file=str(self.path), line=line_no)
+        if not path.is_file():
+            raise DataError(f"image {name!r} not found under {self.image_root}",
+                            reason="missing_image", file=str(self.path), line=line_no)
+        return path
+
+    def _located(self, rec: _Record) -> AbstractContextManager[None]:
+        return _located(str(self.path), rec.line)
+
+
+def _token_id(tokenizer: Any, token: str) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ConfigError(f"the tokenizer has no {token} token; it cannot encode images")
+    return token_id
+
+
+@contextmanager
+def _located(file: str, line: int) -> Iterator[None]:
+    """Re-raise a DataError that has no file with this record's file and line."""
+    try:
+        yield
+    except DataError as err:
+        if err.file is not None:
+            raise
+        message = str(err).split("\n  hint: ")[0].removeprefix(f"[{err.reason}] ")
+        raise DataError(message, reason=err.reason, file=file, line=line, hint=err.hint) from err
+
+
+class Collator:
+    """Right-pads a list of samples into a batch; tiles of all samples are concatenated."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(s["input_ids"]) for s in samples)
+        input_ids = torch.full((len(samples), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(samples), width), dtype=torch.long)
+        for row, sample in enumerate(samples):
+            n = len(sample["input_ids"])
+            input_ids[row, :n] = sample["input_ids"]
+            labels[row, :n] = sample["labels"]
+            attention_mask[row, :n] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        tiles = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None]
+        if tiles:
+            batch["pixel_values"] = torch.cat(tiles)
+        return batch

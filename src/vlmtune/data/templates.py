@@ -1,0 +1,202 @@
+"""Chat templates and token-exact label masking for conversation records.
+
+A conversation is rendered as alternating runs of unsupervised text (system, user turns, role
+headers, separators, image tokens) and supervised text (each assistant reply plus its end
+marker). Each run is tokenized on its own, so the labels line up with the tokens exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vlmtune.errors import ConfigError, DataError
+
+IGNORE_INDEX = -100
+IMAGE_PLACEHOLDER = "<image>"
+
+INTERNVL2_SYSTEM = (
+    "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, "
+    "是一个有用无害的人工智能助手。"
+)
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """How one model family writes a chat: ``{prefix}{text}{end}{separator}`` per message."""
+
+    name: str
+    system: str  # default system prompt ("" = none)
+    system_prefix: str
+    user_prefix: str
+    assistant_prefix: str
+    end: str  # closes every message; supervised after an assistant reply
+    separator: str  # follows every end marker; never supervised
+
+
+INTERNLM2 = ChatTemplate(
+    name="internlm2",
+    system=INTERNVL2_SYSTEM,
+    system_prefix="<|im_start|>system\n",
+    user_prefix="<|im_start|>user\n",
+    assistant_prefix="<|im_start|>assistant\n",
+    end="<|im_end|>",
+    separator="\n",
+)
+
+TEMPLATES: dict[str, ChatTemplate] = {INTERNLM2.name: INTERNLM2}
+
+
+def get_template(name: str) -> ChatTemplate:
+    """The registered template called ``name``."""
+    try:
+        return TEMPLATES[name]
+    except KeyError:
+        raise ConfigError(
+            f"model.chat_template: unknown template {name!r}; choose one of {sorted(TEMPLATES)}"
+        ) from None
+
+
+def validate_conversation(conversations: Any, num_images: int) -> None:
+    """Check roles alternate human/gpt (human first, gpt last), turns are non-empty text and
+    the ``<image>`` placeholders in human turns match ``num_images``; raise DataError if not."""
+    if not isinstance(conversations, list) or not conversations:
+        raise DataError("'conversations' must be a non-empty list of turns", reason="bad_roles")
+    for i, turn in enumerate(conversations):
+        expected = "human" if i % 2 == 0 else "gpt"
+        role = turn.get("from") if isinstance(turn, dict) else None
+        if role != expected:
+            raise DataError(
+                f"turn {i} has role {role!r}, expected {expected!r}",
+                reason="bad_roles",
+                hint="roles must alternate human/gpt, starting with human",
+            )
+        value = turn.get("value")
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(f"turn {i} ({role}) is empty", reason="empty_turn")
+    if len(conversations) % 2:
+        raise DataError("the last turn is from 'human'; it has no reply", reason="bad_roles")
+    found = sum(t["value"].count(IMAGE_PLACEHOLDER) for t in conversations[::2])
+    if found != num_images:
+        raise DataError(
+            f"{found} {IMAGE_PLACEHOLDER} placeholder(s) in human turns but {num_images} image(s)",
+            reason="image_count_mismatch",
+        )
+
+
+def render_runs(
+    conversations: list[dict],
+    *,
+    template: ChatTemplate,
+    image_blocks: Sequence[str] = (),
+    system: str | None = None,
+) -> list[tuple[str, bool]]:
+    """The conversation as ``(text, supervised)`` runs, alternating, unsupervised first."""
+    validate_conversation(conversations, len(image_blocks))
+    blocks = iter(image_blocks)
+    runs: list[tuple[str, bool]] = []
+    pending = _system_block(template, system)
+    for question, reply in zip(conversations[::2], conversations[1::2], strict=True):
+        parts = question["value"].split(IMAGE_PLACEHOLDER)
+        text = parts[0] + "".join(next(blocks) + part for part in parts[1:])
+        pending += _user_block(template, text) + template.assistant_prefix
+        runs += [(pending, False), (reply["value"] + template.end, True)]
+        pending = template.separator
+    runs.append((pending, False))
+    return runs
+
+
+def render_conversation(
+    conversations: list[dict],
+    *,
+    template: ChatTemplate,
+    image_blocks: Sequence[str] = (),
+    system: str | None = None,
+) -> str:
+    """The full chat string, as the tokenizer's own ``chat_template`` would write it."""
+    runs = render_runs(conversations, template=template, image_blocks=image_blocks, system=system)
+    return "".join(text for text, _ in runs)
+
+
+def encode_conversation(
+    tokenizer: Any,
+    conversations: list[dict],
+    *,
+    template: ChatTemplate,
+    image_blocks: Sequence[str] = (),
+    system: str | None = None,
+) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)``: labels are the ids of each reply + its end marker, else -100."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    runs = render_runs(conversations, template=template, image_blocks=image_blocks, system=system)
+    for text, supervised in runs:
+        ids = _encode(tokenizer, text)
+        input_ids += ids
+        labels += ids if supervised else [IGNORE_INDEX] * len(ids)
+    return input_ids, labels
+
+
+def encode_prompt(
+    tokenizer: Any,
+    question: str,
+    *,
+    template: ChatTemplate,
+    image_blocks: Sequence[str] = (),
+    system: str | None = None,
+) -> list[int]:
+    """Prompt ids up to and including the assistant header, for generation and scoring.
+
+    ``encode_prompt(...) + encode_reply(...)`` equals a one-turn ``encode_conversation``.
+    """
+    turns = [{"from": "human", "value": question}, {"from": "gpt", "value": "-"}]
+    runs = render_runs(turns, template=template, image_blocks=image_blocks, system=system)
+    return _encode(tokenizer, runs[0][0])
+
+
+def encode_reply(tokenizer: Any, text: str, template: ChatTemplate) -> list[int]:
+    """Ids of an assistant reply followed by the template's end marker."""
+    return _encode(tokenizer, text + template.end)
+
+
+def to_jinja(template: ChatTemplate) -> str:
+    """A Jinja ``chat_template`` (roles system/user/assistant) that renders like this module.
+
+    A leading system message replaces the default system prompt; an empty one drops the block.
+    """
+
+    def q(text: str) -> str:
+        return json.dumps(text, ensure_ascii=False)
+
+    end_sep = q(template.end + template.separator)
+    return (
+        "{%- if messages and messages[0]['role'] == 'system' -%}"
+        "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}"
+        "{%- else -%}"
+        f"{{%- set system = {q(template.system)} -%}}{{%- set turns = messages -%}}"
+        "{%- endif -%}"
+        f"{{%- if system -%}}{{{{ {q(template.system_prefix)} + system + {end_sep} }}}}"
+        "{%- endif -%}"
+        "{%- for message in turns -%}"
+        f"{{%- if message['role'] == 'user' -%}}{{{{ {q(template.user_prefix)} }}}}"
+        f"{{%- else -%}}{{{{ {q(template.assistant_prefix)} }}}}{{%- endif -%}}"
+        f"{{{{ message['content'] + {end_sep} }}}}"
+        "{%- endfor -%}"
+        f"{{%- if add_generation_prompt -%}}{{{{ {q(template.assistant_prefix)} }}}}"
+        "{%- endif -%}"
+    )
+
+
+def _system_block(template: ChatTemplate, system: str | None) -> str:
+    text = template.system if system is None else system
+    return f"{template.system_prefix}{text}{template.end}{template.separator}" if text else ""
+
+
+def _user_block(template: ChatTemplate, text: str) -> str:
+    return f"{template.user_prefix}{text}{template.end}{template.separator}"
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False)) if text else []

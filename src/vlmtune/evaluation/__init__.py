@@ -1,0 +1,1 @@
+"""Benchmarks, scorers and reports."""

@@ -1,0 +1,175 @@
+"""Multiple-choice accuracy: by choice log-likelihood, or by greedy generation + letter parse.
+
+Likelihood: each option's answer text (as training renders it, e.g. ``B) 饺子`` + end marker)
+is scored by its summed token log-probability after the prompt; the best one is the answer.
+Generation: the FoodieQA authors' parse, the first of the item's letters in the output; an
+output without one is counted as ``unparsed`` and wrong (not replaced by a random letter).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vlmtune.data.foodieqa import answer_text
+from vlmtune.data.images import image_token_block, open_image, tile_image
+from vlmtune.data.templates import ChatTemplate, encode_prompt, encode_reply
+from vlmtune.errors import DataError
+from vlmtune.models.loading import LoadedModel
+from vlmtune.progress import progress_bar
+
+
+@dataclass
+class MCItem:
+    id: str
+    question_type: str
+    question: str
+    images: list[Path]
+    choices: list[str]
+    letters: str
+    answer: int
+    lang: str
+
+
+def load_items(jsonl: Path, image_root: Path, limit: int | None = None) -> list[MCItem]:
+    items = []
+    with jsonl.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if limit is not None and len(items) >= limit:
+                break
+            rec = json.loads(line)
+            meta = rec.get("meta") or {}
+            if "answer_index" not in meta or "choices" not in meta:
+                raise DataError("record has no multiple-choice metadata (meta.answer_index, "
+                                "meta.choices)", reason="not_multiple_choice", file=str(jsonl),
+                                line=line_no)
+            images = rec.get("image") or []
+            images = [images] if isinstance(images, str) else images
+            items.append(MCItem(
+                id=str(rec["id"]), question_type=str(meta.get("question_type") or "all"),
+                question=rec["conversations"][0]["value"],
+                images=[image_root / p for p in images], choices=list(meta["choices"]),
+                letters=meta.get("letters", "ABCD"), answer=int(meta["answer_index"]),
+                lang=meta.get("lang", "zh")))
+    return items
+
+
+def parse_letter(text: str, letters: str = "ABCD") -> int | None:
+    """Index of the first of ``letters`` in ``text``, or None."""
+    match = re.search(f"[{re.escape(letters)}]", text)
+    return letters.index(match.group(0)) if match else None
+
+
+class MultipleChoiceScorer:
+    def __init__(self, loaded: LoadedModel, template: ChatTemplate, system: str | None) -> None:
+        self.lm, self.template, self.system = loaded, template, system
+        self.tok = loaded.tokenizer
+
+    def _prompt(self, item: MCItem) -> tuple[list[int], torch.Tensor | None]:
+        tiles, blocks = [], []
+        for path in item.images:
+            pixel_values, n = tile_image(self.lm.image_processor, open_image(path))
+            tiles.append(pixel_values)
+            blocks.append(image_token_block(n, self.lm.tokens_per_tile))
+        ids = encode_prompt(self.tok, item.question, template=self.template, image_blocks=blocks,
+                            system=self.system)
+        return ids, (torch.cat(tiles) if tiles else None)
+
+    @torch.no_grad()
+    def likelihood(self, items: list[MCItem], batch_size: int, label: str) -> list[dict]:
+        preds = []
+        with progress_bar(f"eval {label} (likelihood)", total=len(items)) as bar:
+            for start in range(0, len(items), batch_size):
+                chunk = items[start:start + batch_size]
+                scores = self._score_chunk(chunk)
+                for item, item_scores in zip(chunk, scores, strict=True):
+                    best = max(range(len(item_scores)), key=item_scores.__getitem__)
+                    preds.append(_prediction(item, best, scores=item_scores))
+                bar.update(advance=len(chunk))
+        return preds
+
+    def _score_chunk(self, chunk: list[MCItem]) -> list[list[float]]:
+        seqs, spans, tiles, owners = [], [], [], []
+        for k, item in enumerate(chunk):
+            prompt, pixel_values = self._prompt(item)
+            for i in range(len(item.choices)):
+                reply = encode_reply(self.tok, answer_text(item.choices, i, item.lang),
+                                     self.template)
+                seqs.append(prompt + reply)
+                spans.append((len(prompt), len(reply)))
+                owners.append(k)
+                if pixel_values is not None:
+                    tiles.append(pixel_values)
+        input_ids, attention = _pad(seqs, self.tok.pad_token_id, left=False)
+        pixel_values = torch.cat(tiles).to(self.lm.model.dtype) if tiles else None
+        logits = self.lm.model(input_ids=input_ids, attention_mask=attention,
+                               pixel_values=pixel_values).logits
+        scores: list[list[float]] = [[] for _ in chunk]
+        for row, ((p_len, r_len), owner) in enumerate(zip(spans, owners, strict=True)):
+            step_logits = logits[row, p_len - 1:p_len - 1 + r_len].float()
+            targets = input_ids[row, p_len:p_len + r_len]
+            logp = F.log_softmax(step_logits, dim=-1).gather(1, targets[:, None]).sum()
+            scores[owner].append(float(logp))
+        return scores
+
+    @torch.no_grad()
+    def generate(self, items: list[MCItem], batch_size: int, max_new_tokens: int,
+                 label: str) -> list[dict]:
+        preds = []
+        with progress_bar(f"eval {label} (generate)", total=len(items)) as bar:
+            for start in range(0, len(items), batch_size):
+                chunk = items[start:start + batch_size]
+                prompts = [self._prompt(item) for item in chunk]
+                input_ids, attention = _pad([p for p, _ in prompts], self.tok.pad_token_id,
+                                            left=True)
+                tiles = [t for _, t in prompts if t is not None]
+                pixel_values = torch.cat(tiles).to(self.lm.model.dtype) if tiles else None
+                out = self.lm.model.generate(
+                    input_ids=input_ids, attention_mask=attention, pixel_values=pixel_values,
+                    max_new_tokens=max_new_tokens, do_sample=False,
+                    pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id)
+                for item, row in zip(chunk, out[:, input_ids.shape[1]:], strict=True):
+                    text = self.tok.decode(row, skip_special_tokens=True)
+                    preds.append(_prediction(item, parse_letter(text, item.letters), output=text))
+                bar.update(advance=len(chunk))
+        return preds
+
+
+def summarize(preds: list[dict]) -> dict[str, Any]:
+    """Overall and per-question-type accuracy; unparsed answers counted (and wrong)."""
+    by_type: dict[str, list[bool]] = defaultdict(list)
+    for p in preds:
+        by_type[p["question_type"]].append(p["correct"])
+    n = len(preds)
+    return {
+        "n": n,
+        "accuracy": sum(p["correct"] for p in preds) / n if n else 0.0,
+        "unparsed": sum(p["pred"] is None for p in preds),
+        "per_type": {t: {"n": len(v), "accuracy": sum(v) / len(v)}
+                     for t, v in sorted(by_type.items())},
+    }
+
+
+def _prediction(item: MCItem, pred: int | None, **extra: Any) -> dict:
+    return {"id": item.id, "question_type": item.question_type,
+            "answer": item.letters[item.answer],
+            "pred": None if pred is None else item.letters[pred],
+            "correct": pred == item.answer, **extra}
+
+
+def _pad(seqs: list[list[int]], pad_id: int, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        cols = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, cols] = torch.tensor(seq, dtype=torch.long)
+        mask[row, cols] = 1
+    return ids, mask

@@ -1,0 +1,112 @@
+"""Load a model directory (a real checkpoint or the tiny one) with its tokenizer and images.
+
+The tiny model is built into its directory on first use, then loaded by exactly the code that
+loads a real InternVL2 checkpoint from a local path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+from vlmtune.config.schema import ModelConfig
+from vlmtune.data import synthetic
+from vlmtune.data.images import IMG_CONTEXT, load_image_processor, tokens_per_tile
+from vlmtune.data.templates import get_template
+from vlmtune.errors import ConfigError
+from vlmtune.models.families import Family, get_family
+from vlmtune.models.families.internvl import build_tiny_internvl
+from vlmtune.models.tokenizer import train_tokenizer
+
+log = logging.getLogger(__name__)
+
+TINY_MARKER = "vlmtune_tiny.json"
+TINY_BUILDER_VERSION = 3  # bump when build_tiny_* changes, so cached tiny models are rebuilt
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """A model with everything needed to feed it."""
+
+    model: Any
+    tokenizer: Any
+    image_processor: Any
+    family: Family
+    path: Path
+    tokens_per_tile: int
+    image_token_id: int
+
+
+def ensure_model_dir(cfg: ModelConfig) -> Path:
+    """Return ``model.path``; with ``model.build=tiny`` build it there first if needed."""
+    path = Path(cfg.path)
+    if cfg.build == "tiny":
+        wanted = {"seed": cfg.seed, "max_tiles": cfg.max_tiles, "spec": asdict(cfg.tiny),
+                  "corpus": synthetic.GENERATOR_VERSION, "builder": TINY_BUILDER_VERSION}
+        marker = path / TINY_MARKER
+        if not (marker.exists() and json.loads(marker.read_text()) == wanted):
+            _build_tiny(path, cfg, wanted)
+    elif not path.is_dir():
+        raise ConfigError(f"model.path={cfg.path!r} does not exist or is not a directory; "
+                          "point it at a local model directory (nothing is downloaded)")
+    return path
+
+
+def load_model(path: Path, cfg: ModelConfig) -> LoadedModel:
+    """Load ``path`` (an HF ``save_pretrained`` directory) as ``cfg.family`` says."""
+    family = get_family(cfg.family)
+    _refuse_unsupported_layout(path)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[cfg.dtype])
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    image_processor = load_image_processor(path)
+    image_processor.min_patches = cfg.min_tiles
+    image_processor.max_patches = cfg.max_tiles
+    vision = model.config.vision_config
+    tile = _first(vision.image_size)
+    per_tile = tokens_per_tile(tile, _first(vision.patch_size), model.config.downsample_ratio)
+    image_token_id = model.config.image_token_id
+    if tokenizer.convert_tokens_to_ids(IMG_CONTEXT) != image_token_id:
+        raise ConfigError(f"model.path={str(path)!r}: the tokenizer's {IMG_CONTEXT} id does not "
+                          f"match the model's image_token_id={image_token_id}")
+    return LoadedModel(model.eval(), tokenizer, image_processor, family, path, per_tile,
+                       image_token_id)
+
+
+def _build_tiny(path: Path, cfg: ModelConfig, wanted: dict) -> None:
+    log.info("building the tiny %s model into %s", cfg.family, path)
+    template = get_template(cfg.chat_template)
+    corpus = synthetic.text_corpus() + [template.system or ""]
+    tokenizer = train_tokenizer(corpus, vocab_size=cfg.tiny.vocab_size)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    build_tiny_internvl(tmp, cfg.tiny, tokenizer, seed=cfg.seed, max_tiles=cfg.max_tiles)
+    (tmp / TINY_MARKER).write_text(json.dumps(wanted, indent=2))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+
+
+def _refuse_unsupported_layout(path: Path) -> None:
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise ConfigError(f"model.path={str(path)!r} has no config.json; is it a model "
+                          "directory saved with save_pretrained?")
+    config = json.loads(config_file.read_text())
+    if "llm_config" in config or "InternVLChatModel" in config.get("architectures", []):
+        raise ConfigError(
+            f"model.path={str(path)!r} is an InternVL2 checkpoint in the official "
+            "(InternVLChatModel / InternLM2) layout; vlmtune trains the HF-native layout "
+            "(InternVLForConditionalGeneration). Use an '-hf' copy of the checkpoint; the "
+            "official → HF-native converter is planned as `vlmtune convert`.")
+
+
+def _first(value: int | list[int] | tuple[int, ...]) -> int:
+    return int(value[0]) if isinstance(value, list | tuple) else int(value)

@@ -1,0 +1,71 @@
+"""What every stage receives: the validated recipe, the run directory and the tracker."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlmtune.config import RecipeConfig, run_key, to_yaml
+from vlmtune.config.schema import DatasetConfig
+from vlmtune.data.fingerprint import fingerprint_files
+from vlmtune.data.ingest import sivqa_source_files
+from vlmtune.data.synthetic import generate_foodie_synth
+from vlmtune.errors import DataError, StageError
+from vlmtune.pipelines.state import PipelineState, write_atomic
+from vlmtune.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunContext:
+    recipe: RecipeConfig
+    run_dir: Path
+    run_key: str
+    data_fingerprint: str
+    state: PipelineState
+    tracker: Tracker
+
+    @property
+    def data_dir(self) -> Path:
+        return self.run_dir / "data"
+
+    def manifest(self) -> dict:
+        path = self.data_dir / "manifest.json"
+        if not path.exists():
+            raise StageError(f"{path} is missing: run the ingest stage first "
+                             "(vlmtune ingest <same overrides>)")
+        return json.loads(path.read_text())
+
+    def require(self, relpath: str, stage: str) -> Path:
+        path = self.run_dir / relpath
+        if not path.exists():
+            raise StageError(f"{path} is missing: run the {stage} stage first "
+                             f"(vlmtune {stage} <same overrides>)")
+        return path
+
+
+def prepare_source(cfg: DatasetConfig) -> tuple[Path, str]:
+    """Make sure the dataset source exists (generating synthetic data) and fingerprint it."""
+    root = Path(cfg.root)
+    if cfg.synthetic is not None:
+        spec = cfg.synthetic
+        generate_foodie_synth(root, seed=spec.seed, num_dishes=spec.num_dishes,
+                              photos_per_dish=spec.photos_per_dish)
+    if not root.is_dir():
+        raise DataError(f"dataset.root={cfg.root!r} does not exist or is not a directory",
+                        reason="missing_root", hint="point dataset.root at a local copy")
+    return root, fingerprint_files(root, sivqa_source_files(root, cfg.task))
+
+
+def open_run(recipe: RecipeConfig, tracker: Tracker) -> RunContext:
+    """Fingerprint the data, derive the run key and create or reopen the run directory."""
+    _, fingerprint = prepare_source(recipe.dataset)
+    key = run_key(recipe, fingerprint)
+    run_dir = Path(recipe.output_root) / recipe.experiment_name / key
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "config.yaml", to_yaml(recipe))
+    state = PipelineState.load(run_dir, key)
+    return RunContext(recipe, run_dir, key, fingerprint, state, tracker)

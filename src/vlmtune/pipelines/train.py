@@ -1,0 +1,76 @@
+"""Stage 2: fine-tune the model on ``data/train.jsonl``; write ``adapter/``.
+
+Checkpoints go to ``checkpoints/iter_<N>/``; re-running resumes from the newest completed one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlmtune.config.schema import DatasetConfig
+from vlmtune.data.collate import Collator, ConversationDataset
+from vlmtune.data.templates import get_template
+from vlmtune.errors import ConfigError
+from vlmtune.models.loading import ensure_model_dir, load_model
+from vlmtune.models.methods import apply_method
+from vlmtune.pipelines.context import RunContext
+from vlmtune.training.engine import train
+
+log = logging.getLogger(__name__)
+
+
+def run(ctx: RunContext) -> None:
+    recipe = ctx.recipe
+    check_license(recipe.dataset)
+    manifest = ctx.manifest()
+    seed_everything(recipe.train.seed)
+    loaded = load_model(ensure_model_dir(recipe.model), recipe.model)
+    tuned = apply_method(loaded.model, loaded.family, recipe.method, lr=recipe.train.lr,
+                         projector_lr=recipe.train.projector_lr,
+                         weight_decay=recipe.train.weight_decay)
+    dataset = ConversationDataset(
+        ctx.data_dir / "train.jsonl", Path(manifest["image_root"]), loaded.tokenizer,
+        loaded.image_processor, tokens_per_tile=loaded.tokens_per_tile,
+        template=get_template(recipe.model.chat_template), system=recipe.model.system_prompt,
+        max_length=recipe.train.max_length)
+    ctx.tracker.log_metrics({"train/trainable_params": tuned.trainable,
+                             "train/total_params": tuned.total})
+    result = train(tuned.model, dataset=dataset, collate_fn=Collator(loaded.tokenizer.pad_token_id),
+                   param_groups=tuned.param_groups, cfg=recipe.train,
+                   work_dir=ctx.run_dir / "logs", checkpoint_dir=ctx.run_dir / "checkpoints",
+                   on_step=lambda step, metrics: ctx.tracker.log_metrics(metrics, step),
+                   extra_meta={"run_key": ctx.run_key})
+    if result.resumed_from is not None:
+        log.info("train: resumed at iteration %d of %d", result.resumed_from, result.iterations)
+    save_adapter(tuned.model, ctx.run_dir / "adapter")
+
+
+def check_license(cfg: DatasetConfig) -> None:
+    """A dataset published for evaluation only is trained on with explicit acknowledgment."""
+    if cfg.usage == "evaluation" and not cfg.acknowledge_license:
+        raise ConfigError(
+            f"dataset {cfg.name!r} is licensed {cfg.license} and published for evaluation; "
+            "training on it is outside that use. If your use is permitted (e.g. non-commercial "
+            "research that does not redistribute derivatives), set "
+            "dataset.acknowledge_license=true")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def save_adapter(model, out: Path) -> None:
+    """peft ``save_pretrained`` into a temp dir, then rename into place."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)

@@ -1,0 +1,154 @@
+"""One MLflow run per pipeline run: params, per-step metrics, tags, artifacts, final status.
+
+Uses ``MlflowClient`` with an explicit run id (no global "active run"), so a resumed pipeline
+reopens the same run and a stage can log from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+for _noisy in ("mlflow", "alembic"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
+
+MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value's length
+BATCH = 100  # at most 100 params per log_batch call
+SECRET_KEY = re.compile(r"(password|secret|token|api_key|credential)", re.IGNORECASE)
+FINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+class Tracker(Protocol):
+    run_id: str | None
+
+    def start(self, run_name: str, *, run_id: str | None = None,
+              tags: dict[str, str] | None = None) -> str | None: ...
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def end(self, status: str) -> None: ...
+
+
+class NullTracker:
+    """Tracking switched off (``tracking=disabled``): every call does nothing."""
+
+    run_id: str | None = None
+
+    def start(self, run_name: str, *, run_id: str | None = None,
+              tags: dict[str, str] | None = None) -> str | None:
+        return None
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def end(self, status: str) -> None: ...
+
+
+class MlflowTracker:
+    def __init__(self, uri: str, experiment_name: str) -> None:
+        self.uri = uri
+        self.experiment_name = experiment_name
+        self.client = MlflowClient(tracking_uri=uri)
+        self.run_id: str | None = None
+
+    def start(self, run_name: str, *, run_id: str | None = None,
+              tags: dict[str, str] | None = None) -> str:
+        """Reopen ``run_id`` when it exists (a resumed pipeline), else create a new run."""
+        if run_id and self._exists(run_id):
+            self.client.update_run(run_id, status="RUNNING")
+            self.run_id = run_id
+            log.info("reopened MLflow run %s", run_id)
+        else:
+            run = self.client.create_run(self._experiment_id(), run_name=run_name)
+            self.run_id = run.info.run_id
+            log.info("created MLflow run %s in experiment %s", self.run_id, self.experiment_name)
+        if tags:
+            self.set_tags(tags)
+        return self.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log flattened params (values cut to MLflow's limit, secrets redacted), 100 a call.
+
+        A reopened run already has them: those keys are skipped (a changed value is reported).
+        """
+        existing = self.client.get_run(self._run()).data.params
+        items = []
+        for key, value in sorted(params.items()):
+            text = "***" if SECRET_KEY.search(key) else str(value)[:MAX_PARAM_VALUE]
+            if key in existing:
+                if existing[key] != text:
+                    log.warning("param %s changed (%r -> %r); MLflow keeps the first value",
+                                key, existing[key], text)
+                continue
+            items.append(Param(key, text))
+        for i in range(0, len(items), BATCH):
+            self.client.log_batch(self._run(), params=items[i:i + BATCH])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(self._run(), metrics=batch[i:i + 1000])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self._run(), tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self._run(), str(path), artifact_path)
+        else:
+            self.client.log_artifact(self._run(), str(path), artifact_path)
+
+    def end(self, status: str) -> None:
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"status must be one of {FINAL_STATUSES}, got {status!r}")
+        if self.run_id:
+            self.client.set_terminated(self.run_id, status=status)
+            log.info("MLflow run %s ended: %s", self.run_id, status)
+
+    def _run(self) -> str:
+        if not self.run_id:
+            raise RuntimeError("start() the tracker before logging")
+        return self.run_id
+
+    def _exists(self, run_id: str) -> bool:
+        try:
+            self.client.get_run(run_id)
+        except MlflowException:
+            return False
+        return True
+
+    def _experiment_id(self) -> str:
+        found = self.client.get_experiment_by_name(self.experiment_name)
+        if found is not None:
+            return found.experiment_id
+        return self.client.create_experiment(self.experiment_name,
+                                             artifact_location=_artifact_location(self.uri))
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Keep a local store's artifacts beside its database (``mlartifacts/``)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///")).resolve()
+        return (db.parent / "mlartifacts").as_uri()
+    return None
+
+
+def open_tracker(enabled: bool, uri: str, experiment_name: str) -> Tracker:
+    return MlflowTracker(uri, experiment_name) if enabled else NullTracker()
+
+
+def run_status(uri: str, run_id: str) -> str:
+    """The run's status name as stored (for reports and tests)."""
+    return RunStatus.to_string(RunStatus.from_string(MlflowClient(uri).get_run(run_id).info.status))

@@ -1,0 +1,1 @@
+"""Training engine seam over mmengine: the only package that imports it."""

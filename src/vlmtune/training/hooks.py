@@ -1,0 +1,98 @@
+"""mmengine hooks: per-step metrics + progress, atomic checkpoints, resume."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mmengine.hooks import Hook
+
+from vlmtune.progress import Bar
+from vlmtune.training import checkpoint as ckpt_io
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+def _schedulers(runner) -> list[Any]:
+    schedulers = runner.param_schedulers or []
+    return list(schedulers.values())[0] if isinstance(schedulers, dict) else list(schedulers)
+
+
+class StepMetricsHook(Hook):
+    """Reports loss, learning rate and tokens/s of every iteration; moves the progress bar."""
+
+    priority = "NORMAL"  # before ParamSchedulerHook (LOW): the lr is the one this step used
+
+    def __init__(self, on_step: StepCallback, bar: Bar) -> None:
+        self.on_step, self.bar = on_step, bar
+        self._start = 0.0
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch: Any = None) -> None:
+        self._start = time.perf_counter()
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch: Any = None,
+                         outputs: dict | None = None) -> None:
+        step = runner.iter + 1
+        loss = float(outputs["loss"].detach()) if outputs else float("nan")
+        tokens = int(data_batch["attention_mask"].sum()) if data_batch else 0
+        seconds = max(time.perf_counter() - self._start, 1e-9)
+        metrics = {"train/loss": loss, "train/lr": runner.optim_wrapper.get_lr()["lr"][0],
+                   "train/tokens_per_s": tokens / seconds}
+        self.on_step(step, metrics)
+        self.bar.update(completed=step, status=f"loss {loss:.4f}")
+
+
+class CheckpointHook(Hook):
+    """Every ``every`` iterations (and at the end): write a checkpoint, keep the last N."""
+
+    priority = "VERY_LOW"  # after the scheduler has stepped: saved state is the next step's
+
+    def __init__(self, root: Path, every: int, keep_last_n: int, max_iters: int,
+                 extra: dict[str, Any]) -> None:
+        self.root, self.every, self.keep, self.max_iters = root, every, keep_last_n, max_iters
+        self.extra = extra
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch: Any = None,
+                         outputs: dict | None = None) -> None:
+        step = runner.iter + 1
+        if step % self.every and step != self.max_iters:
+            return
+        model = runner.model.model
+        path = ckpt_io.save_checkpoint(self.root, step, model=model,
+                                       optimizer=runner.optim_wrapper.optimizer,
+                                       schedulers=_schedulers(runner), extra=self.extra)
+        pruned = ckpt_io.prune_checkpoints(self.root, self.keep)
+        log.info("saved %s%s", path, f" (pruned {len(pruned)})" if pruned else "")
+
+
+class ResumeHook(Hook):
+    """Restores a checkpoint before training and its RNG state right before the next step.
+
+    mmengine replays the data loader up to the restored iteration after ``before_train``;
+    the RNG state is applied after that replay, at the first ``before_train_iter``.
+    """
+
+    priority = "VERY_HIGH"
+
+    def __init__(self, checkpoint: ckpt_io.Checkpoint) -> None:
+        self.checkpoint = checkpoint
+        self._rng: dict[str, Any] | None = None
+
+    def before_train(self, runner) -> None:
+        path, step = self.checkpoint.path, self.checkpoint.iteration
+        ckpt_io.load_trainable(runner.model.model, path)
+        self._rng = ckpt_io.load_training_state(path, optimizer=runner.optim_wrapper.optimizer,
+                                                schedulers=_schedulers(runner))
+        runner.train_loop._iter = step
+        runner.optim_wrapper._inner_count = step
+        log.info("resumed from %s (iteration %d)", path, step)
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch: Any = None) -> None:
+        if self._rng is not None:
+            ckpt_io.restore_rng(self._rng)
+            self._rng = None
