@@ -72,6 +72,9 @@ def _run(command: str, cfg) -> None:
 
 def _offline_and_quiet() -> None:
     """Nothing is ever downloaded; library chatter stays below our own output."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
     for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                        "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
                        "TOKENIZERS_PARALLELISM": "false"}.items():
