@@ -110,6 +110,9 @@ def test_demo_pipeline_kill_resume_skip(demo_overrides, tmp_path, caplog):
     metrics = json.loads((run_dir / f"eval/tuned/{BENCH}/metrics.json").read_text())
     assert metrics["likelihood"]["accuracy"] == tuned
     assert metrics["likelihood"]["n"] == manifest["counts"]["heldout"]
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"foodie_synth-train", "foodie_synth-heldout"}
+    assert inputs["foodie_synth-train"].dataset.digest == manifest["fingerprint"][:36]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "report.md", "data", "eval"} <= artifacts
     assert "| foodie_synth_sivqa | likelihood |" in (run_dir / "report.md").read_text()

@@ -24,3 +24,8 @@ def run(ctx: RunContext) -> None:
              dict(drops) or "none")
     ctx.tracker.log_metrics({f"data/{k}": v for k, v in counts.items()})
     ctx.tracker.log_artifact(result.manifest_path, "data")
+    for split in ("train", "heldout"):
+        ctx.tracker.log_dataset(f"{cfg.name}-{split}", digest=ctx.data_fingerprint,
+                                source=str(Path(cfg.root).resolve()), context=split,
+                                profile={"records": counts[split], "adapter": cfg.adapter,
+                                         "license": cfg.license})

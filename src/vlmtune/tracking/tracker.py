@@ -6,13 +6,14 @@ reopens the same run and a stage can log from any thread.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -22,7 +23,8 @@ for _noisy in ("mlflow", "alembic"):
 
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value's length
 BATCH = 100  # at most 100 params per log_batch call
-SECRET_KEY = re.compile(r"(password|secret|token|api_key|credential)", re.IGNORECASE)
+# The key's last part names a secret (hf_token, api_key ...), not e.g. max_new_tokens.
+SECRET_KEY = re.compile(r"(^|[._])(password|secret|api_key|credential|\w*token)$", re.IGNORECASE)
 FINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 
@@ -35,6 +37,8 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def log_dataset(self, name: str, *, digest: str, source: str, context: str,
+                    profile: dict[str, Any]) -> None: ...
     def end(self, status: str) -> None: ...
 
 
@@ -51,6 +55,8 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def log_dataset(self, name: str, *, digest: str, source: str, context: str,
+                    profile: dict[str, Any]) -> None: ...
     def end(self, status: str) -> None: ...
 
 
@@ -109,6 +115,14 @@ class MlflowTracker:
             self.client.log_artifacts(self._run(), str(path), artifact_path)
         else:
             self.client.log_artifact(self._run(), str(path), artifact_path)
+
+    def log_dataset(self, name: str, *, digest: str, source: str, context: str,
+                    profile: dict[str, Any]) -> None:
+        """Record a dataset as an input of the run (MLflow's dataset lineage)."""
+        dataset = Dataset(name=name, digest=digest[:36], source_type="local",
+                          source=json.dumps({"uri": source}), profile=json.dumps(profile))
+        tags = [InputTag("mlflow.data.context", context)]
+        self.client.log_inputs(self._run(), datasets=[DatasetInput(dataset, tags)])
 
     def end(self, status: str) -> None:
         if status not in FINAL_STATUSES:

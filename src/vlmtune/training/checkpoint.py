@@ -36,6 +36,7 @@ class Checkpoint:
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable parameters by name (views of the live tensors, not copies)."""
     return {name: p.detach().contiguous().cpu()
             for name, p in model.named_parameters() if p.requires_grad}
 
@@ -81,7 +82,8 @@ def latest_checkpoint(ckpt_root: Path) -> Checkpoint | None:
 
 def prune_checkpoints(ckpt_root: Path, keep_last_n: int) -> list[Path]:
     """Delete all but the newest ``keep_last_n`` completed checkpoints."""
-    doomed = [c.path for c in find_checkpoints(ckpt_root)[:-keep_last_n]]
+    found = find_checkpoints(ckpt_root)
+    doomed = [c.path for c in found[:max(len(found) - keep_last_n, 0)]]
     for path in doomed:
         shutil.rmtree(path)
     return doomed
