@@ -16,8 +16,8 @@ def _inputs(loaded):
     from PIL import Image
 
     image = Image.new("RGB", (96, 64), (200, 40, 40))
-    pixel_values, tiles = tile_image(loaded.image_processor, image)
-    block = image_token_block(tiles, loaded.tokens_per_tile)
+    pixel_values, tiles = tile_image(loaded.images.processor, image)
+    block = image_token_block(tiles, loaded.images.tokens_per_tile)
     ids = encode_prompt(loaded.tokenizer, "<image>\n图中的菜是什么？", template=INTERNLM2,
                         image_blocks=[block])
     return torch.tensor([ids]), pixel_values

@@ -6,9 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmtune.data.collate import Collator, ConversationDataset, ImageSpec
+from vlmtune.data.collate import Collator, ConversationDataset
 from vlmtune.data.images import build_image_processor
 from vlmtune.data.templates import IGNORE_INDEX, INTERNLM2
+from vlmtune.data.vision import InternVLTiles
 from vlmtune.errors import DataError
 
 TILE, TOKENS = 28, 4  # wide.png (56x28) → 2 tiles + thumbnail; square.png → 1 tile
@@ -36,8 +37,8 @@ def make(tmp_path, tiny_tokenizer):
         text = records if isinstance(records, str) else "\n".join(
             json.dumps(r, ensure_ascii=False) for r in records)
         path.write_text(text + "\n", encoding="utf-8")
-        return ConversationDataset(path, images, tiny_tokenizer, processor,
-                                   tokens_per_tile=TOKENS, template=INTERNLM2,
+        return ConversationDataset(path, images, tiny_tokenizer,
+                                   InternVLTiles(processor, TOKENS), template=INTERNLM2,
                                    max_length=max_length)
 
     return build
@@ -56,16 +57,15 @@ def test_samples(make, tiny_tokenizer):
     assert len(ds) == 3
     for i, tiles in enumerate([3, 4, 0]):
         sample = ds[i]
-        assert sample["num_tiles"] == tiles
         assert sample["input_ids"].dtype == sample["labels"].dtype == torch.long
         assert sample["input_ids"].shape == sample["labels"].shape
         assert count(sample["input_ids"], tiny_tokenizer, "<IMG_CONTEXT>") == tiles * TOKENS
         assert count(sample["labels"], tiny_tokenizer, "<IMG_CONTEXT>") == 0
         if tiles:
-            assert sample["pixel_values"].shape == (tiles, 3, TILE, TILE)
-            assert sample["pixel_values"].dtype == torch.float32
+            assert sample["images"]["pixel_values"].shape == (tiles, 3, TILE, TILE)
+            assert sample["images"]["pixel_values"].dtype == torch.float32
         else:
-            assert sample["pixel_values"] is None
+            assert sample["images"] is None
     supervised = ds[0]["labels"][ds[0]["labels"] != IGNORE_INDEX].tolist()
     assert tiny_tokenizer.decode(supervised) == "北京烤鸭<|im_end|>"
 
@@ -131,14 +131,9 @@ def test_collator_pads(make, tiny_tokenizer):
         assert (batch["input_ids"][row, n:] == pad).all()
         assert (batch["labels"][row, n:] == IGNORE_INDEX).all()
     assert torch.equal(batch["pixel_values"],
-                       torch.cat([samples[0]["pixel_values"], samples[2]["pixel_values"]]))
+                       torch.cat([samples[0]["images"]["pixel_values"],
+                                  samples[2]["images"]["pixel_values"]]))
 
     text_only = Collator(pad)([ds[1]])
     assert "pixel_values" not in text_only
     assert set(text_only) == {"input_ids", "attention_mask", "labels"}
-
-
-def test_image_spec_validates():
-    assert ImageSpec(tile_size=448, tokens_per_tile=256, max_tiles=12).max_tiles == 12
-    with pytest.raises(ValueError):
-        ImageSpec(tile_size=448, tokens_per_tile=0, max_tiles=12)

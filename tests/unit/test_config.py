@@ -18,6 +18,7 @@ from vlmtune.config import (
     validate,
 )
 from vlmtune.config.registry import CARD_GROUPS, card_names
+from vlmtune.config.schema import FREEZE_PRESETS, METHODS, qlora_missing
 from vlmtune.errors import ConfigError
 
 ROOT = project_root()
@@ -39,10 +40,22 @@ def _cards() -> list[tuple[str, str]]:
     return [(group, name) for group in groups for name in card_names(group)]
 
 
-def _compose(group: str, name: str) -> tuple[list[str], DictConfig, RecipeConfig]:
+def _compose(group: str, name: str) -> tuple[list[str], DictConfig, RecipeConfig | None]:
     overrides = [f"{group}={name}", *REQUIRED_OVERRIDES.get((group, name), [])]
     cfg = compose_recipe(overrides)
-    return overrides, cfg, validate(cfg)
+    return overrides, cfg, validate_or_expect_qlora_refusal(cfg)
+
+
+def validate_or_expect_qlora_refusal(cfg: DictConfig) -> RecipeConfig | None:
+    """Validate; on a machine without CUDA/bitsandbytes qlora must be refused, naming both."""
+    if cfg.method.name == "qlora" and (missing := qlora_missing()):
+        with pytest.raises(ConfigError) as err:
+            validate(cfg)
+        assert str(err.value).startswith("method.name='qlora' needs ")
+        for what in missing:
+            assert what in str(err.value)
+        return None
+    return validate(cfg)
 
 
 def _assert_card_in(card: dict, composed: dict, where: str, skip: set[str]) -> None:
@@ -82,8 +95,17 @@ def test_card_composes_validates_and_is_what_the_recipe_holds(group, name):
     composed = OmegaConf.to_container(cfg[group], resolve=False)
     skip = {o.split("=", 1)[0] for o in overrides[1:]}
     _assert_card_in(card, composed, group, skip)
-    if "name" in card:
+    if "name" in card and recipe is not None:
         assert getattr(recipe, group).name == card["name"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("preset", FREEZE_PRESETS)
+def test_every_method_and_freeze_preset_composes_and_validates(method, preset):
+    cfg = compose_recipe(["experiment=demo", f"method={method}", f"method.freeze={preset}"])
+    recipe = validate_or_expect_qlora_refusal(cfg)
+    if recipe is not None:
+        assert (recipe.method.name, recipe.method.freeze) == (method, preset)
 
 
 @pytest.mark.parametrize("name", card_names("experiment"))

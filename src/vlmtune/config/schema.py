@@ -17,8 +17,8 @@ from vlmtune.errors import ConfigError
 FAMILIES = ("internvl",)
 DTYPES = ("float32", "bfloat16", "float16")
 CHAT_TEMPLATES = ("internlm2",)
-METHODS = ("lora",)
-FREEZE_PRESETS = ("tutorial", "adapters_only")
+METHODS = ("lora", "plora", "qlora", "full")
+FREEZE_PRESETS = ("projector_only", "tutorial", "xcomposer_pretrain", "all")
 ADAPTERS = ("foodieqa",)
 FOODIEQA_TASKS = ("sivqa",)
 LANGS = ("zh", "en")
@@ -110,13 +110,33 @@ class LoraSpec:
 
 @dataclass
 class MethodConfig:
+    """How the model is tuned: ``name`` picks the method, ``freeze`` which parts learn."""
+
     name: str = "lora"
     freeze: str = "tutorial"
+    # Adapter hyper-parameters of lora, plora and qlora.
     lora: LoraSpec = field(default_factory=LoraSpec)
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         check_choice("method.name", self.name, METHODS)
         check_choice("method.freeze", self.freeze, FREEZE_PRESETS)
+        if self.name == "qlora" and (missing := qlora_missing()):
+            raise ConfigError("method.name='qlora' needs " + " and ".join(missing) +
+                              " (4-bit NF4 base weights run on CUDA only); use method=lora on "
+                              "this machine")
+
+
+def qlora_missing() -> list[str]:
+    """What QLoRA needs that this machine lacks."""
+    import importlib.util
+
+    import torch
+
+    missing = [] if torch.cuda.is_available() else ["a CUDA GPU (torch.cuda.is_available())"]
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("the bitsandbytes package (pip install bitsandbytes)")
+    return missing
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,30 +13,17 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from vlmtune.data.images import IMG_CONTEXT, IMG_END, image_token_block, open_image, tile_image
+from vlmtune.data.images import open_image
 from vlmtune.data.templates import (
     IGNORE_INDEX,
     ChatTemplate,
     encode_conversation,
     validate_conversation,
 )
+from vlmtune.data.vision import ImagePipeline, concat_collate
 from vlmtune.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ImageSpec:
-    """Image settings derived from the model config."""
-
-    tile_size: int
-    tokens_per_tile: int
-    max_tiles: int
-
-    def __post_init__(self) -> None:
-        for name in ("tile_size", "tokens_per_tile", "max_tiles"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ImageSpec.{name} must be positive, got {getattr(self, name)}")
 
 
 @dataclass
@@ -48,11 +35,12 @@ class _Record:
 
 
 class ConversationDataset(Dataset):
-    """Conversation records (LLaVA style JSONL) as tokenized, label-masked, tiled samples.
+    """Conversation records (LLaVA style JSONL) as tokenized, label-masked image samples.
 
     Records and image paths are checked when the dataset is built; tokenization and image
-    decoding happen per item. A sample longer than ``max_length`` is cut from the end, never
-    through an image's token block (DataError ``too_long`` if the images alone do not fit).
+    decoding happen per item, through the model family's image pipeline. A sample longer than
+    ``max_length`` is cut from the end, never through an image's token block (DataError
+    ``too_long`` if the images alone do not fit).
     """
 
     def __init__(
@@ -60,9 +48,8 @@ class ConversationDataset(Dataset):
         jsonl_path: Path,
         image_root: Path,
         tokenizer: Any,
-        image_processor: Any,
+        images: ImagePipeline,
         *,
-        tokens_per_tile: int,
         template: ChatTemplate,
         system: str | None = None,
         max_length: int,
@@ -70,13 +57,12 @@ class ConversationDataset(Dataset):
         self.path = Path(jsonl_path)
         self.image_root = Path(image_root).resolve()
         self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        self.tokens_per_tile = tokens_per_tile
+        self.images = images
         self.template = template
         self.system = system
         self.max_length = max_length
-        self.img_context_id = _token_id(tokenizer, IMG_CONTEXT)
-        self.img_end_id = _token_id(tokenizer, IMG_END)
+        self.image_token_id = _token_id(tokenizer, images.image_token)
+        self.block_ids = {_token_id(tokenizer, t) for t in images.block_tokens}
         self.num_truncated = 0  # counted in this process only
         self.records = self._read()
 
@@ -85,38 +71,37 @@ class ConversationDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
-        tiles, counts = [], []
-        for path in rec.images:
-            pixel_values, n = tile_image(self.image_processor, open_image(path))
-            tiles.append(pixel_values)
-            counts.append(n)
-        blocks = [image_token_block(n, self.tokens_per_tile) for n in counts]
+        encoded = self.images.encode([open_image(path) for path in rec.images])
         with self._located(rec):
             input_ids, labels = encode_conversation(
                 self.tokenizer, rec.conversations, template=self.template,
-                image_blocks=blocks, system=self.system,
+                image_blocks=encoded.blocks, system=self.system,
             )
-            input_ids, labels = self._fit(rec, input_ids, labels, sum(counts))
+            input_ids, labels = self._fit(rec, input_ids, labels, encoded.num_image_tokens)
         return {
             "input_ids": torch.tensor(input_ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
-            "pixel_values": torch.cat(tiles) if tiles else None,
-            "num_tiles": sum(counts),
+            "images": encoded.tensors or None,
         }
 
+    def lengths(self) -> list[int]:
+        """Approximate token length of each record (text only), for length grouping."""
+        return [sum(len(str(t.get("value", ""))) for t in r.conversations) for r in self.records]
+
     def _fit(
-        self, rec: _Record, input_ids: list[int], labels: list[int], num_tiles: int
+        self, rec: _Record, input_ids: list[int], labels: list[int], expected: int
     ) -> tuple[list[int], list[int]]:
-        expected = num_tiles * self.tokens_per_tile
-        if input_ids.count(self.img_context_id) != expected:
+        found = input_ids.count(self.image_token_id)
+        if found != expected:
             raise DataError(
-                f"record {rec.id!r}: expected {expected} {IMG_CONTEXT} tokens, got "
-                f"{input_ids.count(self.img_context_id)}", reason="image_token_mismatch",
+                f"record {rec.id!r}: expected {expected} {self.images.image_token} tokens, got "
+                f"{found}", reason="image_token_mismatch",
                 hint="does the text contain image special tokens?",
             )
         if len(input_ids) <= self.max_length:
             return input_ids, labels
-        image_end = max((i + 1 for i, t in enumerate(input_ids) if t == self.img_end_id), default=0)
+        image_end = max((i + 1 for i, t in enumerate(input_ids) if t in self.block_ids),
+                        default=0)
         if image_end > self.max_length:
             raise DataError(
                 f"record {rec.id!r}: its image tokens end at {image_end} > max_length "
@@ -197,10 +182,12 @@ def _located(file: str, line: int) -> Iterator[None]:
 
 
 class Collator:
-    """Right-pads a list of samples into a batch; tiles of all samples are concatenated."""
+    """Right-pads a list of samples into a batch; image tensors joined by the family's rule."""
 
-    def __init__(self, pad_token_id: int) -> None:
+    def __init__(self, pad_token_id: int,
+                 collate_images: Callable[[list[dict]], dict] = concat_collate) -> None:
         self.pad_token_id = pad_token_id
+        self.collate_images = collate_images
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         width = max(len(s["input_ids"]) for s in samples)
@@ -213,7 +200,7 @@ class Collator:
             labels[row, :n] = sample["labels"]
             attention_mask[row, :n] = 1
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        tiles = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None]
-        if tiles:
-            batch["pixel_values"] = torch.cat(tiles)
+        parts = [s["images"] for s in samples if s.get("images")]
+        if parts:
+            batch.update(self.collate_images(parts))
         return batch

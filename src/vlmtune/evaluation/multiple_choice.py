@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmtune.data.foodieqa import answer_text
-from vlmtune.data.images import image_token_block, open_image, tile_image
+from vlmtune.data.images import open_image
 from vlmtune.data.templates import ChatTemplate, encode_prompt, encode_reply
 from vlmtune.errors import DataError
 from vlmtune.models.loading import LoadedModel
@@ -72,15 +72,16 @@ class MultipleChoiceScorer:
         self.lm, self.template, self.system = loaded, template, system
         self.tok = loaded.tokenizer
 
-    def _prompt(self, item: MCItem) -> tuple[list[int], torch.Tensor | None]:
-        tiles, blocks = [], []
-        for path in item.images:
-            pixel_values, n = tile_image(self.lm.image_processor, open_image(path))
-            tiles.append(pixel_values)
-            blocks.append(image_token_block(n, self.lm.tokens_per_tile))
-        ids = encode_prompt(self.tok, item.question, template=self.template, image_blocks=blocks,
-                            system=self.system)
-        return ids, (torch.cat(tiles) if tiles else None)
+    def _prompt(self, item: MCItem) -> tuple[list[int], dict[str, torch.Tensor]]:
+        encoded = self.lm.images.encode([open_image(path) for path in item.images])
+        ids = encode_prompt(self.tok, item.question, template=self.template,
+                            image_blocks=encoded.blocks, system=self.system)
+        return ids, encoded.tensors
+
+    def _image_inputs(self, parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        joined = self.lm.images.collate([p for p in parts if p])
+        return {k: v.to(self.lm.model.dtype) if v.is_floating_point() else v
+                for k, v in joined.items()}
 
     @torch.no_grad()
     def likelihood(self, items: list[MCItem], batch_size: int, label: str) -> list[dict]:
@@ -96,21 +97,19 @@ class MultipleChoiceScorer:
         return preds
 
     def _score_chunk(self, chunk: list[MCItem]) -> list[list[float]]:
-        seqs, spans, tiles, owners = [], [], [], []
+        seqs, spans, parts, owners = [], [], [], []
         for k, item in enumerate(chunk):
-            prompt, pixel_values = self._prompt(item)
+            prompt, tensors = self._prompt(item)
             for i in range(len(item.choices)):
                 reply = encode_reply(self.tok, answer_text(item.choices, i, item.lang),
                                      self.template)
                 seqs.append(prompt + reply)
                 spans.append((len(prompt), len(reply)))
                 owners.append(k)
-                if pixel_values is not None:
-                    tiles.append(pixel_values)
+                parts.append(tensors)
         input_ids, attention = _pad(seqs, self.tok.pad_token_id, left=False)
-        pixel_values = torch.cat(tiles).to(self.lm.model.dtype) if tiles else None
         logits = self.lm.model(input_ids=input_ids, attention_mask=attention,
-                               pixel_values=pixel_values).logits
+                               **self._image_inputs(parts)).logits
         scores: list[list[float]] = [[] for _ in chunk]
         for row, ((p_len, r_len), owner) in enumerate(zip(spans, owners, strict=True)):
             step_logits = logits[row, p_len - 1:p_len - 1 + r_len].float()
@@ -129,10 +128,9 @@ class MultipleChoiceScorer:
                 prompts = [self._prompt(item) for item in chunk]
                 input_ids, attention = _pad([p for p, _ in prompts], self.tok.pad_token_id,
                                             left=True)
-                tiles = [t for _, t in prompts if t is not None]
-                pixel_values = torch.cat(tiles).to(self.lm.model.dtype) if tiles else None
                 out = self.lm.model.generate(
-                    input_ids=input_ids, attention_mask=attention, pixel_values=pixel_values,
+                    input_ids=input_ids, attention_mask=attention,
+                    **self._image_inputs([t for _, t in prompts]),
                     max_new_tokens=max_new_tokens, do_sample=False,
                     pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id)
                 for item, row in zip(chunk, out[:, input_ids.shape[1]:], strict=True):

@@ -18,11 +18,10 @@ from transformers import AutoModelForImageTextToText, AutoTokenizer
 
 from vlmtune.config.schema import ModelConfig
 from vlmtune.data import synthetic
-from vlmtune.data.images import IMG_CONTEXT, load_image_processor, tokens_per_tile
 from vlmtune.data.templates import get_template
+from vlmtune.data.vision import ImagePipeline
 from vlmtune.errors import ConfigError
 from vlmtune.models.families import Family, get_family
-from vlmtune.models.families.internvl import build_tiny_internvl
 from vlmtune.models.tokenizer import train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -38,10 +37,9 @@ class LoadedModel:
 
     model: Any
     tokenizer: Any
-    image_processor: Any
+    images: ImagePipeline
     family: Family
     path: Path
-    tokens_per_tile: int
     image_token_id: int
 
 
@@ -66,29 +64,28 @@ def load_model(path: Path, cfg: ModelConfig) -> LoadedModel:
     _refuse_unsupported_layout(path)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[cfg.dtype])
     tokenizer = AutoTokenizer.from_pretrained(path)
-    image_processor = load_image_processor(path)
-    image_processor.min_patches = cfg.min_tiles
-    image_processor.max_patches = cfg.max_tiles
-    vision = model.config.vision_config
-    tile = _first(vision.image_size)
-    per_tile = tokens_per_tile(tile, _first(vision.patch_size), model.config.downsample_ratio)
-    image_token_id = model.config.image_token_id
-    if tokenizer.convert_tokens_to_ids(IMG_CONTEXT) != image_token_id:
-        raise ConfigError(f"model.path={str(path)!r}: the tokenizer's {IMG_CONTEXT} id does not "
-                          f"match the model's image_token_id={image_token_id}")
-    return LoadedModel(model.eval(), tokenizer, image_processor, family, path, per_tile,
-                       image_token_id)
+    images = family.image_pipeline(model, path, cfg)
+    image_token_id = tokenizer.convert_tokens_to_ids(images.image_token)
+    expected = getattr(model.config, "image_token_id", None)
+    if expected is None:
+        expected = getattr(model.config, "image_token_index", None)
+    if expected is not None and image_token_id != expected:
+        raise ConfigError(f"model.path={str(path)!r}: the tokenizer's {images.image_token} id "
+                          f"{image_token_id} does not match the model's image token id {expected}")
+    return LoadedModel(model.eval(), tokenizer, images, family, path, image_token_id)
 
 
 def _build_tiny(path: Path, cfg: ModelConfig, wanted: dict) -> None:
     log.info("building the tiny %s model into %s", cfg.family, path)
     template = get_template(cfg.chat_template)
     corpus = synthetic.text_corpus() + [template.system or ""]
-    tokenizer = train_tokenizer(corpus, vocab_size=cfg.tiny.vocab_size)
+    family = get_family(cfg.family)
+    tokenizer = train_tokenizer(corpus, vocab_size=cfg.tiny.vocab_size,
+                                image_tokens=family.special_tokens, template=template)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    build_tiny_internvl(tmp, cfg.tiny, tokenizer, seed=cfg.seed, max_tiles=cfg.max_tiles)
+    family.build_tiny(tmp, cfg, tokenizer)
     (tmp / TINY_MARKER).write_text(json.dumps(wanted, indent=2))
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
@@ -106,7 +103,3 @@ def _refuse_unsupported_layout(path: Path) -> None:
             "(InternVLChatModel / InternLM2) layout; vlmtune trains the HF-native layout "
             "(InternVLForConditionalGeneration). Use an '-hf' copy of the checkpoint; the "
             "official → HF-native converter is planned as `vlmtune convert`.")
-
-
-def _first(value: int | list[int] | tuple[int, ...]) -> int:
-    return int(value[0]) if isinstance(value, list | tuple) else int(value)

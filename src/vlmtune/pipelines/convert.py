@@ -1,13 +1,38 @@
-"""Stage 3: merge ``adapter/`` into the base model → ``merged/`` (loads with transformers)."""
+"""Stage 3: ``merged/``, a model directory transformers alone loads.
+
+LoRA/QLoRA adapters are merged into the base; a fully trained model is copied. A PLoRA adapter
+cannot be merged (its update is position dependent): it is kept, and evaluation loads base +
+adapter through vlmtune.
+"""
 
 from __future__ import annotations
 
+import logging
+import shutil
+
 from vlmtune.convert.merge import merge_to_dir
 from vlmtune.models.loading import ensure_model_dir
+from vlmtune.models.plora import is_plora_adapter
 from vlmtune.pipelines.context import RunContext
+from vlmtune.pipelines.train import output_dir
+
+log = logging.getLogger(__name__)
 
 
 def run(ctx: RunContext) -> None:
-    adapter = ctx.require("adapter", "train")
-    merge_to_dir(ensure_model_dir(ctx.recipe.model), adapter, ctx.run_dir / "merged",
-                 ctx.recipe.model)
+    trained = output_dir(ctx)
+    if not trained.exists():
+        ctx.require(trained.name, "train")
+    merged = ctx.run_dir / "merged"
+    if ctx.recipe.method.name == "full":
+        tmp = merged.with_name("merged.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(trained, tmp)
+        shutil.rmtree(merged, ignore_errors=True)
+        tmp.rename(merged)
+    elif is_plora_adapter(trained):
+        log.warning("convert: PLoRA applies its update only at image-token positions, so it "
+                    "cannot be merged into the weights; keeping %s (load it with base + "
+                    "vlmtune.models.methods.load_adapter)", trained)
+    else:
+        merge_to_dir(ensure_model_dir(ctx.recipe.model), trained, merged, ctx.recipe.model)

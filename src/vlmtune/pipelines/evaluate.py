@@ -15,6 +15,8 @@ from vlmtune.data.templates import get_template
 from vlmtune.evaluation.multiple_choice import MultipleChoiceScorer, load_items, summarize
 from vlmtune.evaluation.report import render_report
 from vlmtune.models.loading import ensure_model_dir, load_model
+from vlmtune.models.methods import load_adapter
+from vlmtune.models.plora import is_plora_adapter
 from vlmtune.pipelines.context import RunContext
 from vlmtune.pipelines.state import write_atomic
 
@@ -28,18 +30,27 @@ def run(ctx: RunContext) -> None:
     manifest = ctx.manifest()
     items = load_items(ctx.data_dir / f"{bench.split}.jsonl", Path(manifest["image_root"]),
                        bench.limit)
-    models = {"base": ensure_model_dir(recipe.model)}
+    models: dict[str, tuple[Path, Path | None]] = {"base": (ensure_model_dir(recipe.model), None)}
     if "train" in recipe.pipeline.stages:
-        models["tuned"] = ctx.require("merged", "convert")
+        models["tuned"] = tuned_model(ctx)
     metrics: dict[str, dict[str, Any]] = {}
-    for label, model_dir in models.items():
-        metrics[label] = {bench.name: evaluate_model(ctx, label, model_dir, items)}
+    for label, (model_dir, adapter) in models.items():
+        metrics[label] = {bench.name: evaluate_model(ctx, label, model_dir, adapter, items)}
     write_atomic(ctx.run_dir / "report.md", render_report(ctx.run_key, metrics))
     ctx.tracker.log_artifact(ctx.run_dir / "report.md")
     ctx.tracker.log_artifact(ctx.run_dir / "eval", "eval")
 
 
-def evaluate_model(ctx: RunContext, label: str, model_dir: Path, items) -> dict[str, Any]:
+def tuned_model(ctx: RunContext) -> tuple[Path, Path | None]:
+    """``merged/``, or base + ``adapter/`` for an adapter that cannot be merged (PLoRA)."""
+    adapter = ctx.run_dir / "adapter"
+    if is_plora_adapter(adapter):
+        return ensure_model_dir(ctx.recipe.model), adapter
+    return ctx.require("merged", "convert"), None
+
+
+def evaluate_model(ctx: RunContext, label: str, model_dir: Path, adapter: Path | None,
+                   items) -> dict[str, Any]:
     """Score one model with every scorer of the benchmark; reuse a finished result."""
     recipe, bench = ctx.recipe, ctx.recipe.benchmark
     out_dir = ctx.run_dir / "eval" / label / bench.name
@@ -49,6 +60,8 @@ def evaluate_model(ctx: RunContext, label: str, model_dir: Path, items) -> dict[
         by_scorer = json.loads(metrics_path.read_text())
     else:
         loaded = load_model(model_dir, recipe.model)
+        if adapter is not None:
+            loaded.model = load_adapter(loaded.model, adapter)
         scorer = MultipleChoiceScorer(loaded, get_template(recipe.model.chat_template),
                                       recipe.model.system_prompt)
         by_scorer, rows = {}, []

@@ -1,6 +1,7 @@
-"""Stage 2: fine-tune the model on ``data/train.jsonl``; write ``adapter/``.
+"""Stage 2: fine-tune the model on ``data/train.jsonl``.
 
-Checkpoints go to ``checkpoints/iter_<N>/``; re-running resumes from the newest completed one.
+Writes ``adapter/`` (LoRA, QLoRA, PLoRA) or ``trained/`` (full fine-tuning); checkpoints go to
+``checkpoints/iter_<N>/`` and re-running resumes from the newest completed one.
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ from vlmtune.data.collate import Collator, ConversationDataset
 from vlmtune.data.templates import get_template
 from vlmtune.errors import ConfigError
 from vlmtune.models.loading import ensure_model_dir, load_model
-from vlmtune.models.methods import apply_method
+from vlmtune.models.methods import apply_method, save_trained
 from vlmtune.pipelines.context import RunContext
 from vlmtune.training.engine import train
 
 log = logging.getLogger(__name__)
+
+
+def output_dir(ctx: RunContext) -> Path:
+    return ctx.run_dir / ("trained" if ctx.recipe.method.name == "full" else "adapter")
 
 
 def run(ctx: RunContext) -> None:
@@ -33,22 +38,32 @@ def run(ctx: RunContext) -> None:
     loaded = load_model(ensure_model_dir(recipe.model), recipe.model)
     tuned = apply_method(loaded.model, loaded.family, recipe.method, lr=recipe.train.lr,
                          projector_lr=recipe.train.projector_lr,
-                         weight_decay=recipe.train.weight_decay)
+                         weight_decay=recipe.train.weight_decay,
+                         image_token_id=loaded.image_token_id)
     dataset = ConversationDataset(
         ctx.data_dir / "train.jsonl", Path(manifest["image_root"]), loaded.tokenizer,
-        loaded.image_processor, tokens_per_tile=loaded.tokens_per_tile,
-        template=get_template(recipe.model.chat_template), system=recipe.model.system_prompt,
-        max_length=recipe.train.max_length)
+        loaded.images, template=get_template(recipe.model.chat_template),
+        system=recipe.model.system_prompt, max_length=recipe.train.max_length)
     ctx.tracker.log_metrics({"train/trainable_params": tuned.trainable,
                              "train/total_params": tuned.total})
-    result = train(tuned.model, dataset=dataset, collate_fn=Collator(loaded.tokenizer.pad_token_id),
-                   param_groups=tuned.param_groups, cfg=recipe.train,
-                   work_dir=ctx.run_dir / "logs", checkpoint_dir=ctx.run_dir / "checkpoints",
-                   on_step=lambda step, metrics: ctx.tracker.log_metrics(metrics, step),
-                   extra_meta={"run_key": ctx.run_key})
+    result = train(
+        tuned.model, dataset=dataset,
+        collate_fn=Collator(loaded.tokenizer.pad_token_id, loaded.images.collate),
+        param_groups=tuned.param_groups, cfg=recipe.train, work_dir=ctx.run_dir / "logs",
+        checkpoint_dir=ctx.run_dir / "checkpoints",
+        on_step=lambda step, metrics: ctx.tracker.log_metrics(metrics, step),
+        extra_meta={"run_key": ctx.run_key})
     if result.resumed_from is not None:
         log.info("train: resumed at iteration %d of %d", result.resumed_from, result.iterations)
-    save_adapter(tuned.model, ctx.run_dir / "adapter")
+    out = output_dir(ctx)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_trained(tuned, tmp)
+    if tuned.kind == "full":
+        loaded.tokenizer.save_pretrained(tmp)
+        loaded.family.save_processing(loaded.images, tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
 
 
 def check_license(cfg: DatasetConfig) -> None:
@@ -65,12 +80,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def save_adapter(model, out: Path) -> None:
-    """peft ``save_pretrained`` into a temp dir, then rename into place."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)

@@ -41,9 +41,9 @@ class _LossModel(BaseModel):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, labels, pixel_values=None, mode: str = "loss"):
+    def forward(self, input_ids, attention_mask, labels, mode: str = "loss", **image_inputs):
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                         pixel_values=pixel_values)
+                         **image_inputs)
         return {"loss": out.loss}
 
     def init_weights(self) -> None:

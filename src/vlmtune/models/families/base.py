@@ -1,17 +1,34 @@
-"""What every model family tells the rest of vlmtune."""
+"""What every model family tells the rest of vlmtune.
+
+A family module builds one ``Family`` and registers it in ``families/__init__.py``; adding a
+family is that module plus a ``recipes/model/`` file.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlmtune.config.schema import ModelConfig
+from vlmtune.data.vision import ImagePipeline
 
 
 @dataclass(frozen=True)
 class Family:
-    """Module names (dotted prefixes in ``model.named_modules()``) the methods need."""
-
     name: str
+    # Dotted module prefixes in ``model.named_modules()`` that the methods need.
     llm: str
     projector: str
     vision: str
     lm_head: str
     chat_template: str
+    # The special tokens a tokenizer of this family has (the tiny build trains them in).
+    special_tokens: tuple[str, ...]
+    # (model, model_dir, cfg) → the image pipeline that feeds this model.
+    image_pipeline: Callable[[Any, Path, ModelConfig], ImagePipeline]
+    # (out_dir, cfg, tokenizer) → writes a random tiny model + its processors to out_dir.
+    build_tiny: Callable[[Path, ModelConfig, Any], None]
+    # (images, out_dir) → writes the processor files beside a saved (merged) model.
+    save_processing: Callable[[ImagePipeline, Path], None]
