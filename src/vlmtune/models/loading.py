@@ -58,11 +58,16 @@ def ensure_model_dir(cfg: ModelConfig) -> Path:
     return path
 
 
-def load_model(path: Path, cfg: ModelConfig) -> LoadedModel:
-    """Load ``path`` (an HF ``save_pretrained`` directory) as ``cfg.family`` says."""
+def load_model(path: Path, cfg: ModelConfig, *, nf4: bool = False) -> LoadedModel:
+    """Load ``path`` (an HF ``save_pretrained`` directory) as ``cfg.family`` says.
+
+    ``nf4``: the LLM's linear layers in 4-bit NF4 (QLoRA; bitsandbytes on CUDA), the vision
+    tower, projector and LM head kept in ``model.dtype``.
+    """
     family = get_family(cfg.family)
     _refuse_unsupported_layout(path)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[cfg.dtype])
+    extra = {"quantization_config": _nf4_config(family, cfg)} if nf4 else {}
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[cfg.dtype], **extra)
     tokenizer = AutoTokenizer.from_pretrained(path)
     images = family.image_pipeline(model, path, cfg)
     image_token_id = tokenizer.convert_tokens_to_ids(images.image_token)
@@ -73,6 +78,16 @@ def load_model(path: Path, cfg: ModelConfig) -> LoadedModel:
         raise ConfigError(f"model.path={str(path)!r}: the tokenizer's {images.image_token} id "
                           f"{image_token_id} does not match the model's image token id {expected}")
     return LoadedModel(model.eval(), tokenizer, images, family, path, image_token_id)
+
+
+def _nf4_config(family: Family, cfg: ModelConfig):
+    from transformers import BitsAndBytesConfig
+
+    compute = DTYPES[cfg.dtype] if cfg.dtype != "float32" else torch.bfloat16
+    skip = [m.rsplit(".", 1)[-1] for m in (family.vision, family.projector, family.lm_head)]
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute,
+                              llm_int8_skip_modules=skip)
 
 
 def _build_tiny(path: Path, cfg: ModelConfig, wanted: dict) -> None:

@@ -35,7 +35,8 @@ def run(ctx: RunContext) -> None:
     check_license(recipe.dataset)
     manifest = ctx.manifest()
     seed_everything(recipe.train.seed)
-    loaded = load_model(ensure_model_dir(recipe.model), recipe.model)
+    loaded = load_model(ensure_model_dir(recipe.model), recipe.model,
+                        nf4=recipe.method.name == "qlora")
     tuned = apply_method(loaded.model, loaded.family, recipe.method, lr=recipe.train.lr,
                          projector_lr=recipe.train.projector_lr,
                          weight_decay=recipe.train.weight_decay,
