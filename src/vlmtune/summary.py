@@ -15,6 +15,8 @@ def print_summary(result: PipelineResult) -> None:
     console = Console()
     if result.skipped:
         console.print(f"skipped finished stages: {', '.join(result.skipped)}")
+    if "ingest" in result.ran:
+        _print_ingest(console, result)
     metrics = _read_metrics(result)
     if metrics:
         table = Table(title="held-out accuracy: base vs tuned")
@@ -26,6 +28,31 @@ def print_summary(result: PipelineResult) -> None:
         console.print(table)
     console.print(f"run directory: {result.run_dir}")
     console.print(f"MLflow run id: {result.mlflow_run_id or '(tracking disabled)'}")
+
+
+def _print_ingest(console: Console, result: PipelineResult) -> None:
+    """Records kept, per split, and dropped per reason, from ``data/manifest.json``."""
+    path = result.run_dir / "data" / "manifest.json"
+    if not path.exists():
+        return
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    counts = manifest["counts"]
+    console.print(f"ingest: {manifest.get('name')} (adapter {manifest.get('adapter')})")
+    table = Table()
+    table.add_column("records", justify="left")
+    table.add_column("count", justify="right")
+    rows = [("read", counts["read"]), ("kept", counts["kept"]), ("  train", counts["train"]),
+            ("  held-out", counts["heldout"]), ("dropped", counts["dropped"])]
+    rows += [(f"  {reason}", n) for reason, n in manifest["drops"].items()]
+    if counts.get("unassigned"):
+        rows.append(("not in the split file", counts["unassigned"]))
+    for label, n in rows:
+        table.add_row(label, str(n))
+    console.print(table)
+    if manifest.get("rejected"):
+        console.print(f"rejected records: {path.parent / manifest['rejected']}")
+    console.print(f"licence: {manifest.get('license')} (usage: {manifest.get('usage')}); "
+                  f"fingerprint {manifest['fingerprint']}")
 
 
 def _read_metrics(result: PipelineResult) -> dict:

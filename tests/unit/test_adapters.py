@@ -52,7 +52,7 @@ def all_valid(items, image_root: Path) -> list[dict]:
 
 
 def test_registry_names_the_adapters_and_rejects_unknown_names():
-    assert set(ADAPTERS) == {"llava", "sharegpt", "hf", "csv"}
+    assert set(ADAPTERS) == {"llava", "sharegpt", "hf", "csv", "foodieqa"}
     assert get_adapter("csv") is csv_folder.iter_records
     with pytest.raises(ConfigError, match=r"dataset\.adapter='parquet'"):
         get_adapter("parquet")

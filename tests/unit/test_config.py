@@ -146,7 +146,7 @@ def test_demo_experiment_values_and_interpolated_paths(tmp_path):
     assert recipe.model.path == f"{tmp_path}/models/tiny_internvl_s0"
     assert recipe.dataset.root == f"{tmp_path}/data/foodie_synth_s0"
     assert (recipe.method.lora.r, recipe.method.lora.dropout) == (16, 0.0)
-    assert (recipe.train.lr, recipe.train.max_iters, recipe.train.batch_size) == (2e-3, 200, 8)
+    assert (recipe.train.lr, recipe.train.max_iters, recipe.train.batch_size) == (5e-3, 500, 8)
 
 
 def test_default_recipe_without_experiment():
@@ -203,12 +203,12 @@ def test_flatten_joins_nested_keys_and_keeps_lists_and_empty_dicts():
 
 def test_flatten_of_a_recipe_gives_dotted_params():
     flat = flatten(to_container(validate(compose_recipe(["experiment=demo"]))))
-    assert flat["train.lr"] == 2e-3
+    assert flat["train.lr"] == 5e-3
     assert flat["method.lora.r"] == 16
     assert flat["method.lora.target_modules"] is None
     assert flat["model.tiny.vocab_size"] == 2000
     assert flat["benchmark.scorers"] == ["likelihood", "generate"]
-    assert all(not isinstance(v, dict) for v in flat.values())
+    assert all(not isinstance(v, dict) or v == {} for v in flat.values())
 
 
 @cache  # composing takes ~0.2 s; the baseline key is asked for by many tests

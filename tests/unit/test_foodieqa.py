@@ -82,6 +82,8 @@ def test_record_to_conversation_zh() -> None:
         "group": "images/jiaozi/0.jpg",
         "lang": "zh",
         "template": 0,
+        "task": "sivqa",
+        "assistant_prefix": "",
     }
 
 
@@ -91,15 +93,16 @@ def test_record_to_conversation_en() -> None:
     assert conv["meta"]["choices"] == REC["choices_en"] and conv["meta"]["lang"] == "en"
 
 
-@pytest.mark.parametrize("answer", ["4", "-1", "x", "", 1, None])
+@pytest.mark.parametrize("answer", ["4", "-1", "x", "", "01", " 1", 1, 2, None, True])
 def test_invalid_answer(answer: object) -> None:
     with pytest.raises(DataError) as info:
         sivqa_record_to_conversation({**REC, "answer": answer}, lang="zh", template=0)
     assert info.value.reason == "invalid_answer"
 
 
-def test_missing_field() -> None:
-    rec = {k: v for k, v in REC.items() if k != "food_meta"}
+@pytest.mark.parametrize("missing", ["food_meta", "question", "choices", "question_id"])
+def test_missing_field_is_a_bad_record(missing: str) -> None:
+    rec = {k: v for k, v in REC.items() if k != missing}
     with pytest.raises(DataError) as info:
         sivqa_record_to_conversation(rec, lang="zh", template=0)
-    assert info.value.reason == "missing_field"
+    assert info.value.reason == "bad_record"

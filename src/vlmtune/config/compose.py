@@ -48,7 +48,7 @@ def to_yaml(recipe: RecipeConfig) -> str:
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 1}}`` → ``{"train.lr": 1}``; lists stay values."""
+    """``{"train": {"lr": 1}}`` → ``{"train.lr": 1}``; lists and empty maps stay values."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"

@@ -14,13 +14,13 @@ from omegaconf import MISSING
 
 from vlmtune.errors import ConfigError
 
-FAMILIES = ("internvl",)
+FAMILIES = ("internvl", "llava", "llava_next", "qwen2_vl", "blip2",)
 DTYPES = ("float32", "bfloat16", "float16")
-CHAT_TEMPLATES = ("internlm2",)
+CHAT_TEMPLATES = ("internlm2", "vicuna_v1", "qwen2_chatml", "blip2",)
 METHODS = ("lora", "plora", "qlora", "full")
 FREEZE_PRESETS = ("projector_only", "tutorial", "xcomposer_pretrain", "all")
-ADAPTERS = ("foodieqa",)
-FOODIEQA_TASKS = ("sivqa",)
+ADAPTERS = ("foodieqa", "llava", "sharegpt", "hf", "csv")
+FOODIEQA_TASKS = ("sivqa", "mivqa", "textqa")
 LANGS = ("zh", "en")
 ON_INVALID = ("drop", "raise")
 SCORERS = ("likelihood", "generate")
@@ -156,6 +156,10 @@ class TrainConfig:
     seed: int = 0
     max_length: int = 2048
     num_workers: int = 0
+    # Batches of one modality (text-only / with images) and similar length: less padding.
+    group_by_length: bool = True
+    # Text-only samples packed into rows of up to max_length tokens (image samples never).
+    packing: bool = False
 
     def __post_init__(self) -> None:
         check_range("train.lr", self.lr, 0.0, low_open=True)
@@ -207,13 +211,50 @@ class DatasetConfig:
     usage: str | None = None
     acknowledge_license: bool = False
     synthetic: SynthSpec | None = None
+    # Adapters other than foodieqa read data_file (a file, or an HF folder; "" = root itself);
+    # image paths are relative to image_dir. Both are paths inside root.
+    data_file: str | None = None
+    image_dir: str = ""
+    # Adapter column names: id, image, question, answer (csv, hf); null switches one off.
+    columns: dict[str, str | None] = field(default_factory=dict)
+    # hf: which split of a saved DatasetDict to read.
+    source_split: str | None = None
+    # Held-out split by group (null: meta.group, else the first image, else the id), or
+    # explicit: a record field naming the side, or a JSON file {"train": [ids], "heldout": [...]}.
+    group_key: str | None = None
+    split_column: str | None = None
+    split_file: str | None = None
+    min_image_side: int = 8
+    max_image_side: int = 16384
+    max_image_pixels: int = 178_956_970
+    # Reject records longer than this many tokens (model.path's tokenizer + image tokens).
+    max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("dataset.adapter", self.adapter, ADAPTERS)
-        check_choice("dataset.task", self.task, FOODIEQA_TASKS)
+        if self.adapter == "foodieqa":
+            check_choice("dataset.task", self.task, FOODIEQA_TASKS)
+        elif self.data_file is None:
+            raise ConfigError(f"dataset.data_file is required by dataset.adapter={self.adapter!r}"
+                              ": the data file (or HF folder) inside dataset.root")
         check_choice("dataset.lang", self.lang, LANGS)
         check_choice("dataset.on_invalid", self.on_invalid, ON_INVALID)
         check_range("dataset.heldout_fraction", self.heldout_fraction, 0.0, 1.0, low_open=True)
+        for key in ("data_file", "image_dir", "split_file"):
+            value = getattr(self, key)
+            parts = str(value).replace("\\", "/").split("/")
+            if value is not None and (str(value).startswith(("/", "~")) or ".." in parts):
+                raise ConfigError(f"dataset.{key}={value!r} must be a relative path inside "
+                                  "dataset.root (no '..')")
+        if self.split_column is not None and self.split_file is not None:
+            raise ConfigError("set at most one of dataset.split_column and dataset.split_file")
+        for key in ("min_image_side", "max_image_side", "max_image_pixels"):
+            check_range(f"dataset.{key}", getattr(self, key), 1)
+        if self.min_image_side > self.max_image_side:
+            raise ConfigError(f"dataset.min_image_side={self.min_image_side} is above "
+                              f"dataset.max_image_side={self.max_image_side}")
+        if self.max_tokens is not None:
+            check_range("dataset.max_tokens", self.max_tokens, 1)
 
 
 @dataclass

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from vlmtune.data.images import open_image
 from vlmtune.data.templates import (
     IGNORE_INDEX,
+    IMAGE_PLACEHOLDER,
     ChatTemplate,
     encode_conversation,
     validate_conversation,
@@ -87,6 +89,29 @@ class ConversationDataset(Dataset):
     def lengths(self) -> list[int]:
         """Approximate token length of each record (text only), for length grouping."""
         return [sum(len(str(t.get("value", ""))) for t in r.conversations) for r in self.records]
+
+    def modality_lengths(self) -> list[tuple[bool, int]]:
+        """``(has_image, approximate tokens)`` per record, for grouping batches.
+
+        The text (less its ``<image>`` placeholders) is tokenized in one batched call, without
+        the template; each image adds the tokens of its block when the image pipeline can tell
+        them from the image's size (read from the file header, not decoded).
+        """
+        texts = ["\n".join(str(t.get("value", "")).replace(IMAGE_PLACEHOLDER, "")
+                           for t in r.conversations) for r in self.records]
+        counts = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return [(bool(r.images), n + sum(self._image_tokens(p) for p in r.images))
+                for r, n in zip(self.records, counts, strict=True)]
+
+    def _image_tokens(self, path: Path) -> int:
+        processor = getattr(self.images, "processor", None)
+        per_tile = getattr(self.images, "tokens_per_tile", None)
+        if per_tile is None or not hasattr(processor, "get_number_of_image_patches"):
+            return 0
+        with Image.open(path) as image:
+            width, height = image.size
+        tiles = int(processor.get_number_of_image_patches(height, width))
+        return tiles * per_tile + len(self.block_ids) - 1  # + the block's start/end markers
 
     def _fit(
         self, rec: _Record, input_ids: list[int], labels: list[int], expected: int

@@ -1,207 +1,388 @@
-"""Ingest FoodieQA (sivqa) into train / held-out conversation JSONL files plus a manifest."""
+"""Ingest a dataset card: adapter → validate → split → train / held-out JSONL + manifest.
+
+Records stream from the card's adapter one at a time: each is validated
+(:class:`RecordValidator`), given a side and appended to ``train.jsonl`` or ``heldout.jsonl``,
+so memory does not grow with the number of records. The side comes from a hash of the record's
+group (``dataset.group_key``), so adding records never moves an earlier one, or from an explicit
+``dataset.split_column`` / ``dataset.split_file``. Rejected records go to ``rejected.jsonl``
+with their reason (written only when there are any). Finished outputs are cached under their
+prepared key (source fingerprint + every option that shapes them): re-ingesting unchanged data
+copies them back ("cache hit").
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from collections import Counter
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
-from vlmtune.data.fingerprint import fingerprint_files
-from vlmtune.data.foodieqa import get_template, sivqa_record_to_conversation
-from vlmtune.data.split import split_records
+from vlmtune.config.registry import project_root
+from vlmtune.config.schema import DatasetConfig
+from vlmtune.data.adapters import Item, get_adapter
+from vlmtune.data.manifest import build_manifest, fingerprint_source, image_refs, write_manifest
+from vlmtune.data.prepared import MANIFEST, REJECTED, PreparedCache, SplitWriter, prepared_key
+from vlmtune.data.prepared import publish as publish_files
+from vlmtune.data.split import assign_split
+from vlmtune.data.validate import DropLog, ImageLimits, RecordValidator, reject
 from vlmtune.errors import ConfigError, DataError
+from vlmtune.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-TASKS = ("sivqa",)
-ON_INVALID = ("drop", "raise")
-GROUP_KEY = "food_meta.food_file"
+INGEST_VERSION = 1  # bump when the prepared files change for the same source and options
+EMBEDDED_DIR = ".vlmtune-embedded"  # under the image root: images that came as bytes / data URIs
+HF_DATA_SUFFIXES = (".arrow", ".parquet", ".json")
+SPLIT_NAMES = {"train": "train", "training": "train", "heldout": "heldout",
+               "held_out": "heldout", "held-out": "heldout", "test": "heldout",
+               "val": "heldout", "valid": "heldout", "validation": "heldout", "dev": "heldout",
+               "eval": "heldout"}
+PROGRESS_EVERY = 256
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset on disk, ready to stream: ``open()`` gives a fresh adapter stream."""
+
+    root: Path
+    image_root: Path
+    path: Path  # the data file (or folder) the adapter reads
+    data_files: tuple[str, ...]  # relative to root: every file whose bytes define the records
+    reader: str  # which adapter code reads it (part of the prepared key)
+    open: Callable[[], Iterator[Item]]
 
 
 @dataclass
 class IngestResult:
-    train_path: Path
-    heldout_path: Path
-    manifest_path: Path
+    out_dir: Path
     manifest: dict
+    cache_hit: bool
+
+    @property
+    def train_path(self) -> Path:
+        return self.out_dir / "train.jsonl"
+
+    @property
+    def heldout_path(self) -> Path:
+        return self.out_dir / "heldout.jsonl"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.out_dir / MANIFEST
+
+    @property
+    def rejected_path(self) -> Path | None:
+        return self.out_dir / REJECTED if self.manifest.get("rejected") else None
 
 
-def ingest_foodieqa(
-    root: Path,
+def dataset_root(cfg: DatasetConfig) -> Path:
+    """``dataset.root`` made absolute; a relative root missing from the current directory is
+    looked up under the project root (the bundled ``datasets/samples``)."""
+    root = Path(cfg.root).expanduser()
+    if not root.is_absolute() and not root.exists() and (project_root() / root).exists():
+        root = project_root() / root
+    return root.absolute()
+
+
+def open_source(cfg: DatasetConfig) -> Source:
+    """The card's source: checks the root and paths (all inside the root) and picks the adapter."""
+    root = dataset_root(cfg)
+    if not root.is_dir():
+        raise DataError(f"dataset.root={cfg.root!r} does not exist or is not a directory",
+                        reason="missing_root", hint="point dataset.root at a local copy")
+    image_root = _inside(root, cfg.image_dir, "dataset.image_dir")
+    if not image_root.is_dir():
+        raise ConfigError(f"dataset.image_dir={cfg.image_dir!r} is not a folder of {root}")
+    data_files: list[str] = []
+    if cfg.split_file is not None:
+        _inside(root, cfg.split_file, "dataset.split_file")
+        data_files.append(cfg.split_file)
+    if cfg.adapter == "foodieqa":
+        task_file = _inside(root, f"{cfg.task}_tidy.json", f"dataset.task={cfg.task!r}: file")
+        if not task_file.is_file():
+            raise DataError(f"task file {task_file.name} not found in dataset.root {root}",
+                            reason="missing_file", file=str(task_file),
+                            hint="dataset.root must be the FoodieQA folder (*_tidy.json, images/)")
+        adapter = get_adapter("foodieqa")
+
+        def items() -> Iterator[Item]:
+            return adapter(root, task=cfg.task, lang=cfg.lang, template=cfg.template)
+        return Source(root, image_root, root, (task_file.name, *data_files), "adapters.foodieqa",
+                      items)
+
+    path = _inside(root, cfg.data_file or "", "dataset.data_file")
+    if not path.exists():
+        raise DataError(f"dataset.data_file={cfg.data_file!r} not found in dataset.root {root}",
+                        reason="missing_file", file=str(path))
+    adapter = get_adapter(cfg.adapter)
+    kwargs: dict = dict(cfg.columns)
+    if cfg.adapter == "sharegpt":
+        kwargs.update(image_root=image_root, data_uri_dir=image_root / EMBEDDED_DIR)
+    elif cfg.adapter == "hf":
+        kwargs.update(image_root=image_root, cache_dir=image_root / EMBEDDED_DIR,
+                      split=cfg.source_split)
+    if path.is_dir():
+        files = sorted(p.relative_to(root).as_posix() for p in path.rglob("*") if p.is_file()
+                       and p.suffix in HF_DATA_SUFFIXES and EMBEDDED_DIR not in p.parts)
+        data_files += [_inside(root, f, "dataset.data_file: file").relative_to(root).as_posix()
+                       for f in files]
+    else:
+        data_files.append(path.relative_to(root).as_posix())
+
+    def stream() -> Iterator[Item]:
+        return adapter(path, **kwargs)
+    return Source(root, image_root, path, tuple(data_files), f"adapters.{cfg.adapter}", stream)
+
+
+def source_fingerprint(source: Source) -> str:
+    """The content fingerprint: data file(s) + every image the records name."""
+    return fingerprint_source(source.root, source.image_root, source.data_files, source.open())
+
+
+def ingest_options(cfg: DatasetConfig, source: Source, token_check: dict) -> dict:
+    """Everything besides the source content that shapes the prepared files."""
+    return {
+        "ingest_version": INGEST_VERSION,
+        "root": str(source.root.resolve()),
+        "image_root": str(source.image_root.resolve()),
+        "reader": source.reader,
+        "card": {"name": cfg.name, "license": cfg.license, "usage": cfg.usage},
+        **{k: getattr(cfg, k) for k in (
+            "adapter", "data_file", "task", "lang", "template", "columns", "source_split",
+            "group_key", "split_column", "split_file", "heldout_fraction", "split_seed",
+            "on_invalid", "min_image_side", "max_image_side", "max_image_pixels")},
+        "token_check": token_check,
+    }
+
+
+def ingest_dataset(
+    cfg: DatasetConfig,
     out_dir: Path,
     *,
-    task: str = "sivqa",
-    lang: str = "zh",
-    template: int = 0,
-    on_invalid: str = "drop",
-    heldout_fraction: float = 0.25,
-    split_seed: int = 0,
-    source_fingerprint: str | None = None,
-    card: dict | None = None,
+    fingerprint: str | None = None,
+    cache_dir: Path | None = None,
+    count_tokens: Callable[[dict], int] | None = None,
+    token_check: dict | None = None,
 ) -> IngestResult:
-    """Validate, convert and split the task's records; write train/heldout JSONL + manifest."""
-    if on_invalid not in ON_INVALID:
-        raise ConfigError(f"dataset.on_invalid={on_invalid!r}: use one of {list(ON_INVALID)}")
-    get_template(lang, template)
-    root = Path(root).absolute()
-    task_path = _task_path(root, task)
-    records = _load_records(task_path)
+    """Prepare ``out_dir`` (train/heldout JSONL, manifest, rejected.jsonl if any) from the card.
 
-    kept: list[dict] = []
-    drops: Counter[str] = Counter()
-    image_problems: dict[str, tuple[str, str] | None] = {}
-    for line, rec in enumerate(records, start=1):
-        try:
-            conv = sivqa_record_to_conversation(_as_record(rec), lang=lang, template=template)
-            image = conv["image"]
-            if image not in image_problems:
-                image_problems[image] = _image_problem(root, image)
-            if problem := image_problems[image]:
-                raise DataError(f"image {image!r}: {problem[1]}", reason=problem[0])
-        except DataError as err:
-            if on_invalid == "raise":
-                raise DataError(
-                    str(err.args[0]).removeprefix(f"[{err.reason}] "),
-                    reason=err.reason,
-                    file=str(task_path),
-                    line=line,
-                    hint="fix or remove the record, or set dataset.on_invalid=drop",
-                ) from err
-            log.debug("%s:%d: dropped (%s)", task_path, line, err.reason)
-            drops[err.reason] += 1
-            continue
-        kept.append(conv)
-    if drops:
-        log.warning("dropped %d of %d records: %s", sum(drops.values()), len(records), dict(drops))
-
-    train, heldout = split_records(
-        kept,
-        group_of=lambda c: c["meta"]["group"],
-        heldout_fraction=heldout_fraction,
-        seed=split_seed,
-    )
-    if source_fingerprint is None:
-        source_fingerprint = fingerprint_files(root, _source_files(root, task_path, records))
-    manifest = {
-        "adapter": "foodieqa",
-        "task": task,
-        "lang": lang,
-        "template": template,
-        "source": str(root),
-        "image_root": str(root),
-        "counts": {
-            "read": len(records),
-            "kept": len(kept),
-            "train": len(train),
-            "heldout": len(heldout),
-            "dropped": sum(drops.values()),
-        },
-        "drops": dict(sorted(drops.items())),
-        "fingerprint": source_fingerprint,
-        "split": {"group_key": GROUP_KEY, "heldout_fraction": heldout_fraction, "seed": split_seed},
-        "license": (card or {}).get("license"),
-        "usage": (card or {}).get("usage"),
-    }
+    ``fingerprint``: the source fingerprint already computed (else computed here).
+    ``cache_dir``: where finished outputs are kept by prepared key (None: no cache).
+    ``count_tokens``: measures a record for ``dataset.max_tokens``; ``token_check`` describes it
+    (or why it was skipped) for the manifest and the key.
+    """
+    source = open_source(cfg)
+    if fingerprint is None:
+        fingerprint = source_fingerprint(source)
+    if token_check is None:
+        token_check = {"max_tokens": cfg.max_tokens,
+                       "status": "checked" if count_tokens else "not checked"}
+    options = ingest_options(cfg, source, token_check)
+    key = prepared_key(fingerprint, options)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    train_path, heldout_path = out_dir / "train.jsonl", out_dir / "heldout.jsonl"
-    manifest_path = out_dir / "manifest.json"
-    _write_atomic(train_path, _jsonl(train))
-    _write_atomic(heldout_path, _jsonl(heldout))
-    _write_atomic(manifest_path, json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
-    return IngestResult(train_path, heldout_path, manifest_path, manifest)
+    cache = PreparedCache(cache_dir) if cache_dir is not None else None
+    if cache is not None and (manifest := cache.restore(key, out_dir)) is not None:
+        log.info("ingest %s: cache hit (prepared %s): %d train / %d held-out records, "
+                 "source unchanged", cfg.name, key, manifest["counts"]["train"],
+                 manifest["counts"]["heldout"])
+        return IngestResult(out_dir, manifest, cache_hit=True)
+    if cache is not None:
+        log.info("ingest %s: cache miss (prepared %s), reading %s", cfg.name, key, source.path)
 
-
-def sivqa_source_files(root: Path, task: str = "sivqa") -> list[str]:
-    """Relative paths of the task file and every referenced image that exists."""
-    root = Path(root).absolute()
-    task_path = _task_path(root, task)
-    return _source_files(root, task_path, _load_records(task_path))
-
-
-def _source_files(root: Path, task_path: Path, records: list) -> list[str]:
-    images = set()
-    for rec in records:
-        meta = rec.get("food_meta") if isinstance(rec, dict) else None
-        image = meta.get("food_file") if isinstance(meta, dict) else None
-        if isinstance(image, str) and _inside(image) and (root / image).is_file():
-            images.add(image)
-    return [task_path.name, *sorted(images)]
-
-
-def _task_path(root: Path, task: str) -> Path:
-    if task not in TASKS:
-        raise ConfigError(f"dataset.task={task!r} is not supported yet; use one of {list(TASKS)}")
-    if not root.is_dir():
-        raise DataError(
-            f"dataset.root {root} does not exist or is not a directory",
-            reason="missing_root",
-            hint="set dataset.root to the FoodieQA folder",
-        )
-    path = root / f"{task}_tidy.json"
-    if not path.is_file():
-        raise DataError(
-            f"task file {path.name} not found in dataset.root {root}",
-            reason="missing_file",
-            file=str(path),
-        )
-    return path
-
-
-def _load_records(path: Path) -> list:
+    work = out_dir.parent / f".{out_dir.name}.ingest-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(
-            f"invalid JSON: {err.msg}", reason="bad_json", file=str(path), line=err.lineno
-        ) from err
-    except UnicodeDecodeError as err:
-        raise DataError(f"not UTF-8 text: {err}", reason="bad_json", file=str(path)) from err
-    if not isinstance(data, list):
-        raise DataError("expected one JSON array of records", reason="bad_json", file=str(path))
-    return data
+        manifest = _prepare(cfg, source, work, fingerprint, key, count_tokens, token_check)
+        if cache is not None:
+            cache.store(key, work)
+        publish_files(work, out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return IngestResult(out_dir, manifest, cache_hit=False)
 
 
-def _as_record(rec: object) -> dict:
-    if not isinstance(rec, dict):
-        raise DataError("record is not a JSON object", reason="missing_field")
-    return rec
+def _prepare(cfg: DatasetConfig, source: Source, work: Path, fingerprint: str, key: str,
+             count_tokens: Callable[[dict], int] | None, token_check: dict) -> dict:
+    """Stream, validate, split and write every record into ``work``; return the manifest."""
+    limits = ImageLimits(cfg.min_image_side, cfg.max_image_side, cfg.max_image_pixels)
+    max_tokens = cfg.max_tokens if count_tokens is not None else None
+    validator = RecordValidator(source.image_root, limits=limits, max_tokens=max_tokens,
+                                count_tokens=count_tokens)
+    splitter = Splitter(cfg, source.root)
+    read = unassigned = 0
+    with (DropLog(work / REJECTED) as drops, SplitWriter(work) as writer,
+          progress_bar(f"ingest {cfg.name}", total=None) as bar):
+        for file, line, item in source.open():
+            read += 1
+            if read % PROGRESS_EVERY == 0:
+                bar.update(completed=read, status=f"{drops.total} dropped")
+            try:
+                if isinstance(item, DataError):
+                    raise item
+                rec = validator.check(item, file=file, line=line)
+                side = splitter.side(rec, file=file, line=line)
+            except DataError as err:
+                if cfg.on_invalid == "raise":
+                    raise _with_drop_hint(err) from None
+                drops.add(err, getattr(item, "record", None) if item is err else item)
+                continue
+            if side is None:
+                unassigned += 1
+            else:
+                writer.write(side, rec)
+        bar.update(completed=read, status=f"{drops.total} dropped")
+    if not drops.total:
+        (work / REJECTED).unlink(missing_ok=True)
+    train, heldout = writer.counts["train"], writer.counts["heldout"]
+    if drops.total:
+        log.warning("ingest %s: dropped %d of %d records: %s (see %s)", cfg.name, drops.total,
+                    read, drops.as_dict(), REJECTED)
+    if drops.counts["path_escape"]:
+        log.warning("ingest %s: %d records name images outside dataset.root (absolute, '..' or "
+                    "a symlink leaving it); a Hugging Face hub cache links files into ../blobs: "
+                    "use a real copy (huggingface-cli download --local-dir DIR)", cfg.name,
+                    drops.counts["path_escape"])
+    if unassigned:
+        log.warning("ingest %s: %d records are in neither split of %s; left out", cfg.name,
+                    unassigned, cfg.split_file)
+    if not train or not heldout:
+        empty = "train" if not train else "heldout"
+        raise DataError(f"the {empty} split is empty ({train} train / {heldout} heldout of "
+                        f"{read} records read, {drops.total} dropped)", reason="empty_split",
+                        hint="change dataset.heldout_fraction or dataset.split_seed, check the "
+                        "split column / file, or add more data")
+    manifest = build_manifest(
+        card={"name": cfg.name, "license": cfg.license, "usage": cfg.usage},
+        source={"adapter": cfg.adapter, "source": str(source.path), "root": str(source.root),
+                "image_root": str(source.image_root), "data_files": list(source.data_files),
+                **({"task": cfg.task, "lang": cfg.lang, "template": cfg.template}
+                   if cfg.adapter == "foodieqa" else {})},
+        fingerprint=fingerprint, prepared_key=key,
+        counts={"read": read, "kept": train + heldout, "train": train, "heldout": heldout,
+                "dropped": drops.total, "unassigned": unassigned},
+        drops=drops.as_dict(), split=splitter.describe(), token_check=token_check,
+        rejected=REJECTED if drops.total else None)
+    write_manifest(work / MANIFEST, manifest)
+    return manifest
 
 
-def _inside(rel: str) -> bool:
-    """Lexically under root (symlinks are allowed: hub caches link images to blobs)."""
-    norm = os.path.normpath(rel)
-    return not os.path.isabs(norm) and norm != ".." and not norm.startswith(".." + os.sep)
+class Splitter:
+    """Which side a record goes to: by group hash, a split column, or a split file."""
+
+    def __init__(self, cfg: DatasetConfig, root: Path) -> None:
+        self.cfg = cfg
+        self.sides: dict[str, str] | None = None
+        if cfg.split_file is not None:
+            self.sides = _read_split_file(root / cfg.split_file)
+
+    def describe(self) -> dict:
+        cfg = self.cfg
+        if cfg.split_file is not None:
+            return {"method": "file", "split_file": cfg.split_file}
+        if cfg.split_column is not None:
+            return {"method": "column", "split_column": cfg.split_column}
+        return {"method": "group_hash",
+                "group_key": cfg.group_key or "meta.group, else the first image, else id",
+                "heldout_fraction": cfg.heldout_fraction, "seed": cfg.split_seed}
+
+    def side(self, rec: dict, *, file: str, line: int) -> str | None:
+        """"train" or "heldout"; None for a record the split file does not list."""
+        if self.sides is not None:
+            return self.sides.get(rec["id"])
+        if self.cfg.split_column is not None:
+            value = lookup(rec, self.cfg.split_column)
+            name = SPLIT_NAMES.get(value.strip().lower()) if isinstance(value, str) else None
+            if name is None:
+                raise reject("bad_record", f"split column {self.cfg.split_column!r} is "
+                             f"{value!r}; expected one of {sorted(SPLIT_NAMES)}",
+                             file=file, line=line)
+            return name
+        return assign_split(self.group(rec, file=file, line=line),
+                            heldout_fraction=self.cfg.heldout_fraction, seed=self.cfg.split_seed)
+
+    def group(self, rec: dict, *, file: str, line: int) -> str:
+        key = self.cfg.group_key
+        if key is None:
+            value = lookup(rec, "meta.group")
+            if value is None:
+                value = lookup(rec, "image") or rec["id"]
+        else:
+            value = lookup(rec, key)
+            if value is None:
+                raise reject("bad_record", f"group key {key!r} is missing", file=file, line=line)
+        if isinstance(value, list):
+            return "\x1f".join(map(str, value))
+        return str(value)
 
 
-def _image_problem(root: Path, rel: str) -> tuple[str, str] | None:
-    """None if the image exists under root and decodes, else (reason, detail)."""
-    if not _inside(rel):
-        return "missing_image", "outside dataset.root"
-    path = root / rel
-    if not path.is_file():
-        return "missing_image", f"{path} not found"
-    try:
-        with Image.open(path) as im:
-            im.verify()
-        with Image.open(path) as im:  # verify() misses truncated JPEGs; a cheap decode does not
-            im.draft(None, (1, 1))
-            im.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        return "unreadable_image", f"{path} cannot be read ({err})"
+def lookup(rec: dict, dotted: str) -> object:
+    """A dotted field of the record, else of its ``meta``; ``image`` is the first image."""
+    if dotted == "image":
+        refs = image_refs(rec.get("image"))
+        return refs[0] if refs else None
+    for base in (rec, rec.get("meta")):
+        value: object = base
+        for part in dotted.split("."):
+            if not isinstance(value, dict) or part not in value:
+                value = None
+                break
+            value = value[part]
+        if value is not None:
+            return value
     return None
 
 
-def _jsonl(records: list[dict]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+def _inside(root: Path, rel: str, key: str) -> Path:
+    """``root / rel``; ConfigError naming ``key`` if it resolves (symlinks too) outside root."""
+    path = root / rel if rel else root
+    if not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root)):
+        raise ConfigError(f"{key}={rel!r} resolves outside dataset.root {root}; nothing outside "
+                          "the dataset root is read")
+    return path
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def _read_split_file(path: Path) -> dict[str, str]:
+    """``{"train": [ids], "heldout" | "test" | ...: [ids]}`` as id → side."""
+    file = str(path)
+    if not path.is_file():
+        raise DataError("split file not found", reason="missing_file", file=file)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"split file is not JSON ({err})", reason="bad_json", file=file) from None
+    if not isinstance(data, dict):
+        raise DataError('expected {"train": [ids], "heldout": [ids]}', reason="bad_json",
+                        file=file)
+    sides: dict[str, str] = {}
+    for name, ids in data.items():
+        side = SPLIT_NAMES.get(str(name).lower())
+        if side is None or not isinstance(ids, list):
+            raise DataError(f"split {name!r}: expected a list of ids under one of "
+                            f"{sorted(SPLIT_NAMES)}", reason="bad_json", file=file)
+        for rid in ids:
+            rid = str(rid)
+            if sides.setdefault(rid, side) != side:
+                raise DataError(f"id {rid!r} is listed in both splits", reason="bad_record",
+                                file=file)
+    return sides
+
+
+def _bare(err: DataError) -> str:
+    """A DataError's message without its location, reason and hint."""
+    detail = getattr(err, "detail", None)
+    if detail is not None:
+        return detail
+    text = str(err).split("\n  hint: ")[0]
+    return text.split(f"[{err.reason}] ", 1)[-1]
+
+
+def _with_drop_hint(err: DataError) -> DataError:
+    hint = (f"{err.hint}; " if err.hint else "") + "or set dataset.on_invalid=drop to skip " \
+        "such records (they are listed in data/rejected.jsonl)"
+    new = DataError(_bare(err), reason=err.reason, file=err.file, line=err.line, hint=hint)
+    new.detail = _bare(err)
+    return new

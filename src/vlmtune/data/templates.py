@@ -34,6 +34,8 @@ class ChatTemplate:
     assistant_prefix: str
     end: str  # closes every message; supervised after an assistant reply
     separator: str  # follows every end marker; never supervised
+    # Closes system and user messages instead of ``end`` (vicuna: nothing); None: ``end``.
+    prompt_end: str | None = None
 
 
 INTERNLM2 = ChatTemplate(
@@ -46,7 +48,51 @@ INTERNLM2 = ChatTemplate(
     separator="\n",
 )
 
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant "
+    "gives helpful, detailed, and polite answers to the user's questions."
+)
+
+# LLaVA-1.5 / LLaVA-NeXT (vicuna): `{sys} USER: {q} ASSISTANT: {a}</s>`, joined by spaces.
+VICUNA_V1 = ChatTemplate(
+    name="vicuna_v1",
+    system=VICUNA_SYSTEM,
+    system_prefix="",
+    user_prefix="USER: ",
+    assistant_prefix="ASSISTANT: ",
+    end="</s>",
+    separator=" ",
+    prompt_end="",
+)
+
 TEMPLATES: dict[str, ChatTemplate] = {INTERNLM2.name: INTERNLM2}
+TEMPLATES[VICUNA_V1.name] = VICUNA_V1
+
+# Qwen2-VL / Qwen2.5-VL: ChatML as InternLM2 writes it, with Qwen's default system prompt.
+QWEN2_CHATML = ChatTemplate(
+    name="qwen2_chatml",
+    system="You are a helpful assistant.",
+    system_prefix="<|im_start|>system\n",
+    user_prefix="<|im_start|>user\n",
+    assistant_prefix="<|im_start|>assistant\n",
+    end="<|im_end|>",
+    separator="\n",
+)
+TEMPLATES[QWEN2_CHATML.name] = QWEN2_CHATML
+
+# BLIP-2 (OPT): `Question: {q} Answer: {a}\n`. LAVIS ends each OPT target with "\n" and stops
+# generating there, so "\n" is the supervised end marker.
+BLIP2_QA = ChatTemplate(
+    name="blip2",
+    system="",
+    system_prefix="",
+    user_prefix="Question: ",
+    assistant_prefix="Answer: ",
+    end="\n",
+    separator="",
+    prompt_end=" ",
+)
+TEMPLATES[BLIP2_QA.name] = BLIP2_QA
 
 
 def get_template(name: str) -> ChatTemplate:
@@ -171,18 +217,21 @@ def to_jinja(template: ChatTemplate) -> str:
         return json.dumps(text, ensure_ascii=False)
 
     end_sep = q(template.end + template.separator)
+    prompt_end_sep = q(_prompt_end(template) + template.separator)
     return (
         "{%- if messages and messages[0]['role'] == 'system' -%}"
         "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}"
         "{%- else -%}"
         f"{{%- set system = {q(template.system)} -%}}{{%- set turns = messages -%}}"
         "{%- endif -%}"
-        f"{{%- if system -%}}{{{{ {q(template.system_prefix)} + system + {end_sep} }}}}"
+        f"{{%- if system -%}}{{{{ {q(template.system_prefix)} + system + {prompt_end_sep} }}}}"
         "{%- endif -%}"
         "{%- for message in turns -%}"
-        f"{{%- if message['role'] == 'user' -%}}{{{{ {q(template.user_prefix)} }}}}"
-        f"{{%- else -%}}{{{{ {q(template.assistant_prefix)} }}}}{{%- endif -%}}"
-        f"{{{{ message['content'] + {end_sep} }}}}"
+        "{%- if message['role'] == 'user' -%}"
+        f"{{{{ {q(template.user_prefix)} + message['content'] + {prompt_end_sep} }}}}"
+        "{%- else -%}"
+        f"{{{{ {q(template.assistant_prefix)} + message['content'] + {end_sep} }}}}"
+        "{%- endif -%}"
         "{%- endfor -%}"
         f"{{%- if add_generation_prompt -%}}{{{{ {q(template.assistant_prefix)} }}}}"
         "{%- endif -%}"
@@ -191,11 +240,16 @@ def to_jinja(template: ChatTemplate) -> str:
 
 def _system_block(template: ChatTemplate, system: str | None) -> str:
     text = template.system if system is None else system
-    return f"{template.system_prefix}{text}{template.end}{template.separator}" if text else ""
+    end = _prompt_end(template)
+    return f"{template.system_prefix}{text}{end}{template.separator}" if text else ""
 
 
 def _user_block(template: ChatTemplate, text: str) -> str:
-    return f"{template.user_prefix}{text}{template.end}{template.separator}"
+    return f"{template.user_prefix}{text}{_prompt_end(template)}{template.separator}"
+
+
+def _prompt_end(template: ChatTemplate) -> str:
+    return template.end if template.prompt_end is None else template.prompt_end
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:

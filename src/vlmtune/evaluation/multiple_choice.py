@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vlmtune.data.foodieqa import answer_text
+from vlmtune.data.foodieqa import target_text
 from vlmtune.data.images import open_image
 from vlmtune.data.templates import ChatTemplate, encode_prompt, encode_reply
 from vlmtune.errors import DataError
@@ -36,6 +36,13 @@ class MCItem:
     letters: str
     answer: int
     lang: str
+    task: str = "sivqa"
+    # Text the template puts at the start of the assistant turn (e.g. "我选择（").
+    assistant_prefix: str = ""
+
+    def reply(self, index: int) -> str:
+        """The assistant turn that answers option ``index``, as training renders it."""
+        return self.assistant_prefix + target_text(self.task, self.choices, index)
 
 
 def load_items(jsonl: Path, image_root: Path, limit: int | None = None) -> list[MCItem]:
@@ -57,7 +64,8 @@ def load_items(jsonl: Path, image_root: Path, limit: int | None = None) -> list[
                 question=rec["conversations"][0]["value"],
                 images=[image_root / p for p in images], choices=list(meta["choices"]),
                 letters=meta.get("letters", "ABCD"), answer=int(meta["answer_index"]),
-                lang=meta.get("lang", "zh")))
+                lang=meta.get("lang", "zh"), task=meta.get("task", "sivqa"),
+                assistant_prefix=meta.get("assistant_prefix") or ""))
     return items
 
 
@@ -101,8 +109,7 @@ class MultipleChoiceScorer:
         for k, item in enumerate(chunk):
             prompt, tensors = self._prompt(item)
             for i in range(len(item.choices)):
-                reply = encode_reply(self.tok, answer_text(item.choices, i, item.lang),
-                                     self.template)
+                reply = encode_reply(self.tok, item.reply(i), self.template)
                 seqs.append(prompt + reply)
                 spans.append((len(prompt), len(reply)))
                 owners.append(k)
@@ -126,6 +133,9 @@ class MultipleChoiceScorer:
             for start in range(0, len(items), batch_size):
                 chunk = items[start:start + batch_size]
                 prompts = [self._prompt(item) for item in chunk]
+                # the template's assistant prefix is part of the prompt; only new text is parsed
+                prompts = [(ids + self.tok.encode(item.assistant_prefix, add_special_tokens=False),
+                            tensors) for item, (ids, tensors) in zip(chunk, prompts, strict=True)]
                 input_ids, attention = _pad([p for p, _ in prompts], self.tok.pad_token_id,
                                             left=True)
                 out = self.lm.model.generate(

@@ -9,10 +9,9 @@ from pathlib import Path
 
 from vlmtune.config import RecipeConfig, run_key, to_yaml
 from vlmtune.config.schema import DatasetConfig
-from vlmtune.data.fingerprint import fingerprint_files
-from vlmtune.data.ingest import sivqa_source_files
+from vlmtune.data.ingest import open_source, source_fingerprint
 from vlmtune.data.synthetic import generate_foodie_synth
-from vlmtune.errors import DataError, StageError
+from vlmtune.errors import StageError
 from vlmtune.pipelines.state import PipelineState, write_atomic
 from vlmtune.tracking import Tracker
 
@@ -48,16 +47,14 @@ class RunContext:
 
 
 def prepare_source(cfg: DatasetConfig) -> tuple[Path, str]:
-    """Make sure the dataset source exists (generating synthetic data) and fingerprint it."""
-    root = Path(cfg.root)
+    """Make sure the dataset source exists (generating synthetic data) and fingerprint its
+    content: the data file(s) and every image the records name (nothing outside the root)."""
     if cfg.synthetic is not None:
         spec = cfg.synthetic
-        generate_foodie_synth(root, seed=spec.seed, num_dishes=spec.num_dishes,
+        generate_foodie_synth(Path(cfg.root), seed=spec.seed, num_dishes=spec.num_dishes,
                               photos_per_dish=spec.photos_per_dish)
-    if not root.is_dir():
-        raise DataError(f"dataset.root={cfg.root!r} does not exist or is not a directory",
-                        reason="missing_root", hint="point dataset.root at a local copy")
-    return root, fingerprint_files(root, sivqa_source_files(root, cfg.task))
+    source = open_source(cfg)
+    return source.root, source_fingerprint(source)
 
 
 def open_run(recipe: RecipeConfig, tracker: Tracker) -> RunContext:

@@ -1,9 +1,11 @@
 """Our own training checkpoints: atomic, loadable with ``weights_only=True``, marker last.
 
 ``checkpoints/iter_<N>/`` holds ``trainable.safetensors`` (every parameter that trains),
-``optimizer.pt``, ``scheduler.pt``, ``rng.pt`` (torch, Python and NumPy generators) and
-``meta.json``; ``COMPLETED`` is written last, then the temp directory is renamed into place.
-A directory without the marker is ignored on resume (and reported).
+``optimizer.pt``, ``scheduler.pt``, ``rng.pt`` (the random state of the run: torch (CPU and
+CUDA), Python and NumPy generators, and the batch sampler's position, whose order is a function
+of its seed) and ``meta.json``; ``COMPLETED`` is written last, then the temp directory is
+renamed into place. A directory without the marker is ignored on resume (and reported).
+Checkpoints fall on optimizer steps, so no gradient accumulation is ever in flight in one.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(ckpt_root: Path, iteration: int, *, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, schedulers: list[Any],
-                    extra: dict[str, Any] | None = None) -> Path:
+                    extra: dict[str, Any] | None = None,
+                    sampler: dict[str, Any] | None = None) -> Path:
     final = ckpt_root / f"iter_{iteration}"
     tmp = ckpt_root / f".iter_{iteration}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -51,7 +54,7 @@ def save_checkpoint(ckpt_root: Path, iteration: int, *, model: torch.nn.Module,
     save_file(trainable_state(model), tmp / "trainable.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save([s.state_dict() for s in schedulers], tmp / "scheduler.pt")
-    torch.save(_rng_state(), tmp / "rng.pt")
+    torch.save({**_rng_state(), **({"sampler": sampler} if sampler else {})}, tmp / "rng.pt")
     (tmp / "meta.json").write_text(json.dumps({"iteration": iteration, **(extra or {})}, indent=2))
     (tmp / MARKER).write_text("ok\n")
     shutil.rmtree(final, ignore_errors=True)
@@ -102,7 +105,8 @@ def load_trainable(model: torch.nn.Module, ckpt: Path) -> None:
 
 def load_training_state(ckpt: Path, *, optimizer: torch.optim.Optimizer,
                         schedulers: list[Any]) -> dict[str, Any]:
-    """Restore optimizer and schedulers; return the RNG state to apply when training resumes."""
+    """Restore optimizer and schedulers; return the random state to apply when training resumes
+    (with the sampler position under ``"sampler"`` when the checkpoint has one)."""
     optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
     states = torch.load(ckpt / "scheduler.pt", weights_only=True)
     if len(states) != len(schedulers):
@@ -116,8 +120,11 @@ def load_training_state(ckpt: Path, *, optimizer: torch.optim.Optimizer,
 def _rng_state() -> dict[str, Any]:
     version, mt, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": [version, list(mt), gauss],
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+    state = {"torch": torch.get_rng_state(), "python": [version, list(mt), gauss],
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def restore_rng(state: dict[str, Any]) -> None:
@@ -126,3 +133,9 @@ def restore_rng(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(mt), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        if len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        else:
+            log.warning("not restoring the CUDA RNG: saved for %d devices, %d present",
+                        len(state["cuda"]), torch.cuda.device_count())

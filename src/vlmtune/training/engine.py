@@ -6,6 +6,7 @@ collate function and the optimizer's parameter groups; they get back the trained
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import uuid
@@ -20,10 +21,16 @@ from mmengine.runner import Runner
 from torch.utils.data import DataLoader, Dataset
 
 from vlmtune.config.schema import TrainConfig
+from vlmtune.errors import ConfigError
 from vlmtune.progress import progress_bar
 from vlmtune.training import checkpoint as ckpt_io
 from vlmtune.training.hooks import CheckpointHook, ResumeHook, StepCallback, StepMetricsHook
-from vlmtune.training.sampler import SeededShuffleSampler
+from vlmtune.training.packing import PackedCollator, PackedDataset, packing_error
+from vlmtune.training.sampler import (
+    EpochBatchSampler,
+    LengthGroupedBatchSampler,
+    ShuffleBatchSampler,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,29 +47,68 @@ class _LossModel(BaseModel):
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
+        # No KV cache while training (transformers builds one per forward unless told not to).
+        params = inspect.signature(model.forward).parameters.values()
+        takes = {p.name for p in params} | {"*" for p in params if p.kind == p.VAR_KEYWORD}
+        self._no_cache = {"use_cache": False} if takes & {"use_cache", "*"} else {}
+        self._mode: bool | None = None
 
-    def forward(self, input_ids, attention_mask, labels, mode: str = "loss", **image_inputs):
+    def train(self, mode: bool = True) -> _LossModel:
+        """Switch modes only on a change: mmengine calls ``train()`` before every iteration,
+        and walking every submodule each time costs a few percent of a small model's step."""
+        if mode != self._mode:
+            super().train(mode)
+            self._mode = mode
+        return self
+
+    def forward(self, input_ids, attention_mask, labels, mode: str = "loss", position_ids=None,
+                **image_inputs):
+        if position_ids is not None:
+            # Packed rows: without a 2-D mask the model isolates each sample by its positions.
+            image_inputs["position_ids"], attention_mask = position_ids, None
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                         **image_inputs)
+                         **self._no_cache, **image_inputs)
         return {"loss": out.loss}
 
     def init_weights(self) -> None:
         """The wrapped model is already initialised (or pretrained): never re-initialise it."""
 
 
-def total_iterations(cfg: TrainConfig, num_samples: int) -> int:
+def total_iterations(cfg: TrainConfig, batches_per_epoch: int) -> int:
     """``train.max_iters``, or ``train.epochs`` worth of batches (a multiple of grad_accum)."""
     if cfg.max_iters is not None:
         return cfg.max_iters
-    per_epoch = math.ceil(num_samples / cfg.batch_size)
-    return math.ceil(per_epoch * cfg.epochs / cfg.grad_accum) * cfg.grad_accum
+    return math.ceil(batches_per_epoch * cfg.epochs / cfg.grad_accum) * cfg.grad_accum
+
+
+def build_batch_sampler(dataset: Dataset, cfg: TrainConfig, start: int = 0) -> EpochBatchSampler:
+    """Length-grouped batches (``train.group_by_length``) if the dataset tells each sample's
+    modality and length (``modality_lengths()``), else seeded shuffled batches; the first
+    ``start`` batches are skipped without being drawn."""
+    if cfg.group_by_length and hasattr(dataset, "modality_lengths"):
+        return LengthGroupedBatchSampler(dataset.modality_lengths(), cfg.batch_size, cfg.seed,
+                                         start)
+    if cfg.group_by_length:
+        log.info("train.group_by_length: %s has no modality_lengths(); shuffling instead",
+                 type(dataset).__name__)
+    return ShuffleBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start)
 
 
 def train(model: torch.nn.Module, *, dataset: Dataset, collate_fn, param_groups: list[dict],
           cfg: TrainConfig, work_dir: Path, checkpoint_dir: Path, on_step: StepCallback,
           extra_meta: dict[str, Any] | None = None) -> TrainResult:
-    """Train ``model`` in place, resuming from the newest completed checkpoint if any."""
-    max_iters = total_iterations(cfg, len(dataset))
+    """Train ``model`` in place, resuming from the newest completed checkpoint if any.
+
+    On resume the batch sampler starts where the checkpoint left off, so mmengine's replay of
+    the data loader up to that iteration loads nothing.
+    """
+    if cfg.packing:
+        if not hasattr(dataset, "modality_lengths"):
+            raise ConfigError(f"train.packing=true needs a dataset that tells which samples are "
+                              f"text-only (modality_lengths()); {type(dataset).__name__} does not")
+        dataset, collate_fn = _packed(model, dataset, collate_fn, cfg)
+    batch_sampler = build_batch_sampler(dataset, cfg)
+    max_iters = total_iterations(cfg, len(batch_sampler))
     resume = ckpt_io.latest_checkpoint(checkpoint_dir)
     if resume is not None and resume.iteration >= max_iters:
         ckpt_io.load_trainable(model, resume.path)
@@ -71,14 +117,14 @@ def train(model: torch.nn.Module, *, dataset: Dataset, collate_fn, param_groups:
 
     if not hasattr(dataset, "metainfo"):
         dataset.metainfo = {}  # mmengine's visualizer asks for it
-    loader = DataLoader(dataset, batch_size=cfg.batch_size,
-                        sampler=SeededShuffleSampler(len(dataset), cfg.seed),
-                        collate_fn=collate_fn, num_workers=cfg.num_workers,
+    done = resume.iteration if resume else 0
+    batch_sampler.start = done  # resume: start after the batches already trained on
+    loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn,
+                        num_workers=cfg.num_workers,
                         generator=torch.Generator().manual_seed(cfg.seed))
     optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     clip = {"max_norm": cfg.max_grad_norm} if cfg.max_grad_norm else None
     optim_wrapper = OptimWrapper(optimizer, accumulative_counts=cfg.grad_accum, clip_grad=clip)
-    done = resume.iteration if resume else 0
     with progress_bar("train", total=max_iters, completed=done) as bar:
         hooks = [StepMetricsHook(on_step, bar),
                  CheckpointHook(checkpoint_dir, cfg.save_every, cfg.keep_last_n, max_iters,
@@ -92,8 +138,9 @@ def train(model: torch.nn.Module, *, dataset: Dataset, collate_fn, param_groups:
             train_cfg={"by_epoch": False, "max_iters": max_iters, "val_interval": max_iters + 1},
             optim_wrapper=optim_wrapper,
             param_scheduler=_schedule(cfg, max_iters),
-            default_hooks={"checkpoint": None, "logger": {"type": "LoggerHook",
-                                                          "interval": max(1, max_iters // 10)}},
+            # Our sampler is seeded per epoch itself: no DistSamplerSeedHook.
+            default_hooks={"checkpoint": None, "sampler_seed": None,
+                           "logger": {"type": "LoggerHook", "interval": max(1, max_iters // 10)}},
             custom_hooks=hooks,
             launcher="none",
             randomness={"seed": cfg.seed},
@@ -105,9 +152,32 @@ def train(model: torch.nn.Module, *, dataset: Dataset, collate_fn, param_groups:
     return TrainResult(max_iters, resume.iteration if resume else None)
 
 
+def _packed(model: torch.nn.Module, dataset: Dataset, collate_fn, cfg: TrainConfig):
+    """The dataset with text-only samples packed, once the model is seen to keep them apart."""
+    packed = PackedDataset(dataset, cfg.max_length)
+    first = next((item for item in packed.items if len(item) > 1), None)
+    if first is not None:
+        loss_model = _LossModel(model)
+        was_training = model.training
+        loss_model.eval()
+        error = packing_error(lambda batch: loss_model(**batch)["loss"],
+                              [dataset[i] for i in first[:4]], collate_fn)
+        model.train(was_training)
+        if error:
+            raise ConfigError(f"train.packing=true: {error} (it needs a model that isolates "
+                              "packed samples by position_ids); set train.packing=false")
+    return packed, PackedCollator(collate_fn)
+
+
 def _schedule(cfg: TrainConfig, max_iters: int) -> list[dict]:
-    """Linear warmup (if any) then cosine decay to 0, stepped every iteration."""
+    """Linear warmup (if any) then cosine decay to 0, stepped every iteration.
+
+    mmengine's LinearLR reaches the full rate at its last iteration, so a one-iteration warmup
+    would never ramp up (and the cosine would then decay from lr * 1e-3): it is left out.
+    """
     warmup = min(round(cfg.warmup_ratio * max_iters), max_iters - 1)
+    if warmup == 1:
+        warmup = 0
     schedule = []
     if warmup > 0:
         schedule.append({"type": "LinearLR", "start_factor": 1e-3, "by_epoch": False,

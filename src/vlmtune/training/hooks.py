@@ -10,6 +10,7 @@ from typing import Any
 
 from mmengine.hooks import Hook
 
+from vlmtune.errors import CheckpointError
 from vlmtune.progress import Bar
 from vlmtune.training import checkpoint as ckpt_io
 
@@ -62,25 +63,38 @@ class CheckpointHook(Hook):
         step = runner.iter + 1
         if step % self.every and step != self.max_iters:
             return
+        optim_wrapper = runner.optim_wrapper
+        if optim_wrapper._inner_count % optim_wrapper._accumulative_counts:
+            raise CheckpointError(f"iteration {step} is not an optimizer step (grad_accum "
+                                  f"{optim_wrapper._accumulative_counts}): refusing to save "
+                                  "a checkpoint with gradients still accumulating")
         model = runner.model.model
+        sampler = runner.train_loop.dataloader.batch_sampler
         path = ckpt_io.save_checkpoint(self.root, step, model=model,
-                                       optimizer=runner.optim_wrapper.optimizer,
-                                       schedulers=_schedulers(runner), extra=self.extra)
+                                       optimizer=optim_wrapper.optimizer,
+                                       schedulers=_schedulers(runner), extra=self.extra,
+                                       sampler=_sampler_state(sampler, step))
         pruned = ckpt_io.prune_checkpoints(self.root, self.keep)
         log.info("saved %s%s", path, f" (pruned {len(pruned)})" if pruned else "")
+
+
+def _sampler_state(sampler: Any, step: int) -> dict[str, Any] | None:
+    return sampler.state(step) if hasattr(sampler, "state") else None
 
 
 class ResumeHook(Hook):
     """Restores a checkpoint before training and its RNG state right before the next step.
 
-    mmengine replays the data loader up to the restored iteration after ``before_train``;
-    the RNG state is applied after that replay, at the first ``before_train_iter``.
+    mmengine replays the data loader up to the restored iteration after ``before_train``.
+    The batch sampler was built to start at that iteration (``fast_forwarded``), so the replay
+    is answered without loading data. The RNG state is applied after the replay, at the first
+    ``before_train_iter``.
     """
 
     priority = "VERY_HIGH"
 
-    def __init__(self, checkpoint: ckpt_io.Checkpoint) -> None:
-        self.checkpoint = checkpoint
+    def __init__(self, checkpoint: ckpt_io.Checkpoint, *, fast_forwarded: bool = True) -> None:
+        self.checkpoint, self.fast_forwarded = checkpoint, fast_forwarded
         self._rng: dict[str, Any] | None = None
 
     def before_train(self, runner) -> None:
@@ -88,11 +102,44 @@ class ResumeHook(Hook):
         ckpt_io.load_trainable(runner.model.model, path)
         self._rng = ckpt_io.load_training_state(path, optimizer=runner.optim_wrapper.optimizer,
                                                 schedulers=_schedulers(runner))
+        saved = self._rng.pop("sampler", None)
+        current = _sampler_state(runner.train_loop.dataloader.batch_sampler, step)
+        if saved is not None and saved != current:
+            log.warning("the batch sampler differs from the one that wrote %s (%s, now %s): the "
+                        "resumed run will not see the batches the interrupted one would have",
+                        path, saved, current)
         runner.train_loop._iter = step
         runner.optim_wrapper._inner_count = step
+        if self.fast_forwarded:
+            loop = runner.train_loop
+            loop.dataloader_iterator = SkipReplay(loop.dataloader_iterator, step)
         log.info("resumed from %s (iteration %d)", path, step)
 
     def before_train_iter(self, runner, batch_idx: int, data_batch: Any = None) -> None:
         if self._rng is not None:
+            if data_batch is None:
+                raise CheckpointError("the training loop did not replay the data loader as "
+                                      "mmengine 0.10 does; cannot resume without it")
             ckpt_io.restore_rng(self._rng)
             self._rng = None
+
+
+class SkipReplay:
+    """A data loader iterator whose first ``skip`` items are ``None``, loaded from nowhere.
+
+    mmengine's IterBasedTrainLoop calls ``next()`` once per finished iteration on resume to
+    skip data; with a batch sampler that already starts past those batches there is nothing to
+    skip, so those calls return at once.
+    """
+
+    def __init__(self, inner: Any, skip: int) -> None:
+        self.inner, self.skip = inner, skip
+
+    def __iter__(self) -> SkipReplay:
+        return self
+
+    def __next__(self) -> Any:
+        if self.skip > 0:
+            self.skip -= 1
+            return None
+        return next(self.inner)

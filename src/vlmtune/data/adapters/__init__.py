@@ -190,9 +190,10 @@ def join_image_dir(image_dir: str, ref: str) -> str:
 
 
 # The registry; imported last because the adapters use the helpers above.
-from vlmtune.data.adapters import csv_folder, hf, llava, sharegpt  # noqa: E402
+from vlmtune.data.adapters import csv_folder, foodieqa, hf, llava, sharegpt  # noqa: E402
 
 ADAPTERS: dict[str, Callable[..., Iterator[Item]]] = {
+    "foodieqa": foodieqa.iter_records,
     "llava": llava.iter_records,
     "sharegpt": sharegpt.iter_records,
     "hf": hf.iter_records,
