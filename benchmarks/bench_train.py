@@ -32,11 +32,11 @@ from vlmtune.data.synthetic import generate_foodie_synth
 from vlmtune.data.templates import get_template
 from vlmtune.models.loading import ensure_model_dir, load_model
 from vlmtune.models.methods import apply_method
-from vlmtune.tracking.tracker import MlflowTracker
+from vlmtune.tracking.tracker import MlflowTracker, StepMetrics
 from vlmtune.training.engine import build_batch_sampler, train
 
 VARIANTS = {"plain": "plain torch + peft loop", "engine": "vlmtune engine",
-            "engine+mlflow": "engine + MLflow per step"}
+            "engine+mlflow": "engine + MLflow (train stage)"}
 
 
 class Cached(torch.utils.data.Dataset):
@@ -109,21 +109,23 @@ def run_engine(recipe, model_dir, dataset, collate, work: Path,
     """``vlmtune.training.engine.train``; ``mlflow``: each step's metrics logged to an MLflow
     sqlite store, as the pipeline's train stage does."""
     tuned = fresh(recipe, model_dir)
-    on_step = None
-    if mlflow:
+    buffered = None
+    if mlflow:  # as the train stage does: buffered per-step metrics, flushed at the end
         tracker = MlflowTracker(f"sqlite:///{work / 'mlflow.db'}", "bench")
         tracker.start("bench")
-        on_step = tracker.log_metrics
+        buffered = StepMetrics(tracker)
     clock = Clock()
 
     def step(step: int, metrics: dict[str, float]) -> None:
-        if on_step is not None:
-            on_step(metrics, step)
+        if buffered is not None:
+            buffered(step, metrics)
         clock.step(step, metrics)
 
     train(tuned.model, dataset=dataset, collate_fn=collate, param_groups=tuned.param_groups,
           cfg=recipe.train, work_dir=work / "logs", checkpoint_dir=work / "ckpt",
           on_step=step)
+    if buffered is not None:
+        buffered.flush()
     return clock.result()
 
 

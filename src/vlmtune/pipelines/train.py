@@ -21,6 +21,7 @@ from vlmtune.errors import ConfigError
 from vlmtune.models.loading import ensure_model_dir, load_model
 from vlmtune.models.methods import apply_method, save_trained
 from vlmtune.pipelines.context import RunContext
+from vlmtune.tracking import StepMetrics
 from vlmtune.training.engine import train
 
 log = logging.getLogger(__name__)
@@ -47,13 +48,16 @@ def run(ctx: RunContext) -> None:
         system=recipe.model.system_prompt, max_length=recipe.train.max_length)
     ctx.tracker.log_metrics({"train/trainable_params": tuned.trainable,
                              "train/total_params": tuned.total})
-    result = train(
-        tuned.model, dataset=dataset,
-        collate_fn=Collator(loaded.tokenizer.pad_token_id, loaded.images.collate),
-        param_groups=tuned.param_groups, cfg=recipe.train, work_dir=ctx.run_dir / "logs",
-        checkpoint_dir=ctx.run_dir / "checkpoints",
-        on_step=lambda step, metrics: ctx.tracker.log_metrics(metrics, step),
-        extra_meta={"run_key": ctx.run_key})
+    step_metrics = StepMetrics(ctx.tracker)
+    try:
+        result = train(
+            tuned.model, dataset=dataset,
+            collate_fn=Collator(loaded.tokenizer.pad_token_id, loaded.images.collate),
+            param_groups=tuned.param_groups, cfg=recipe.train, work_dir=ctx.run_dir / "logs",
+            checkpoint_dir=ctx.run_dir / "checkpoints", on_step=step_metrics,
+            extra_meta={"run_key": ctx.run_key})
+    finally:
+        step_metrics.flush()  # also when interrupted: every logged step reaches MLflow
     if result.resumed_from is not None:
         log.info("train: resumed at iteration %d of %d", result.resumed_from, result.iterations)
     out = output_dir(ctx)

@@ -1,5 +1,5 @@
 """Experiment tracking seam: the only package that imports mlflow."""
 
-from vlmtune.tracking.tracker import MlflowTracker, NullTracker, Tracker, open_tracker
+from vlmtune.tracking.tracker import MlflowTracker, NullTracker, StepMetrics, Tracker, open_tracker
 
-__all__ = ["MlflowTracker", "NullTracker", "Tracker", "open_tracker"]
+__all__ = ["MlflowTracker", "NullTracker", "StepMetrics", "Tracker", "open_tracker"]
