@@ -47,3 +47,34 @@ def tiny_model_dir(shared_cache):
 
     recipe = validate(compose_recipe(["experiment=demo", f"cache_dir={shared_cache}"]))
     return ensure_model_dir(recipe.model), recipe
+
+
+@pytest.fixture
+def merge_random_adapter(tmp_path):
+    """``(model_dir, recipe) -> (loaded, merged_dir)``: a trained-looking LoRA adapter
+    (B != 0, a changed projector copy) saved to tmp_path/adapter and merged into
+    tmp_path/merged, whose file set is checked on the way."""
+    import torch
+
+    from vlmtune.convert.merge import merge_to_dir
+    from vlmtune.models.loading import load_model
+    from vlmtune.models.methods import apply_method
+
+    def merge(model_dir, recipe):
+        loaded = load_model(model_dir, recipe.model)
+        tuned = apply_method(loaded.model, loaded.family, recipe.method, lr=1e-3,
+                             projector_lr=None, weight_decay=0.0)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for param in tuned.model.parameters():
+                if param.requires_grad:
+                    param.add_(torch.randn_like(param) * 0.05)
+        tuned.model.save_pretrained(tmp_path / "adapter")
+        merged_dir = merge_to_dir(model_dir, tmp_path / "adapter", tmp_path / "merged",
+                                  recipe.model)
+        assert {"config.json", "model.safetensors", "tokenizer.json",
+                "preprocessor_config.json", "processor_config.json"} <= \
+            {p.name for p in merged_dir.iterdir()}
+        return loaded, merged_dir
+
+    return merge

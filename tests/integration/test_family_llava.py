@@ -12,7 +12,6 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from vlmtune.config import compose_recipe, validate
-from vlmtune.convert.merge import merge_to_dir
 from vlmtune.data.collate import Collator, ConversationDataset
 from vlmtune.data.templates import (
     IGNORE_INDEX,
@@ -23,7 +22,7 @@ from vlmtune.data.templates import (
 )
 from vlmtune.models.families.llava_next import grid_pinpoints, pad_patches
 from vlmtune.models.loading import ensure_model_dir, load_model
-from vlmtune.models.methods import apply_method, load_adapter
+from vlmtune.models.methods import load_adapter
 from vlmtune.pipelines.runner import run_pipeline
 
 FAMILIES = ["llava", "llava_next"]
@@ -165,22 +164,10 @@ def test_a_batch_of_different_image_shapes_runs_through_the_model(tiny, tmp_path
     assert torch.isfinite(out.loss)
 
 
-def test_merged_dir_loads_with_transformers_and_matches_adapter_logits(tiny, tmp_path):
+def test_merged_dir_loads_with_transformers_and_matches_adapter_logits(tiny, tmp_path,
+                                                                         merge_random_adapter):
     model_dir, recipe = tiny
-    loaded = load_model(model_dir, recipe.model)
-    tuned = apply_method(loaded.model, loaded.family, recipe.method, lr=1e-3, projector_lr=None,
-                         weight_decay=0.0)
-    torch.manual_seed(1)
-    with torch.no_grad():  # a trained-looking adapter: B != 0 and a changed projector copy
-        for param in tuned.model.parameters():
-            if param.requires_grad:
-                param.add_(torch.randn_like(param) * 0.05)
-    tuned.model.save_pretrained(tmp_path / "adapter")
-
-    merged_dir = merge_to_dir(model_dir, tmp_path / "adapter", tmp_path / "merged", recipe.model)
-
-    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json",
-            "processor_config.json"} <= {p.name for p in merged_dir.iterdir()}
+    loaded, merged_dir = merge_random_adapter(model_dir, recipe)
     merged = AutoModelForImageTextToText.from_pretrained(merged_dir).eval()
     image = Image.new("RGB", (96, 64), (200, 40, 40))
     encoded = loaded.images.encode([image])

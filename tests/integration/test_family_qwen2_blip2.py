@@ -14,7 +14,6 @@ from torch import nn
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from vlmtune.config import compose_recipe, validate
-from vlmtune.convert.merge import merge_to_dir
 from vlmtune.data.collate import Collator, ConversationDataset
 from vlmtune.data.templates import IGNORE_INDEX, QWEN2_CHATML, encode_prompt, get_template
 from vlmtune.errors import ConfigError
@@ -310,22 +309,10 @@ def test_batch_of_two_samples_with_different_images_trains(tiny, tmp_path):
             loaded.model(**{**batch, "input_ids": broken})
 
 
-def test_merged_dir_loads_with_transformers_and_matches_adapter_logits(tiny, tmp_path):
+def test_merged_dir_loads_with_transformers_and_matches_adapter_logits(tiny, tmp_path,
+                                                                         merge_random_adapter):
     model_dir, recipe = tiny
-    loaded = load_model(model_dir, recipe.model)
-    tuned = apply_method(loaded.model, loaded.family, recipe.method, lr=1e-3,
-                         projector_lr=None, weight_decay=0.0)
-    torch.manual_seed(1)
-    with torch.no_grad():  # a trained-looking adapter: B != 0 and a changed projector copy
-        for param in tuned.model.parameters():
-            if param.requires_grad:
-                param.add_(torch.randn_like(param) * 0.05)
-    tuned.model.save_pretrained(tmp_path / "adapter")
-
-    merged_dir = merge_to_dir(model_dir, tmp_path / "adapter", tmp_path / "merged", recipe.model)
-
-    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json",
-            "processor_config.json"} <= {p.name for p in merged_dir.iterdir()}
+    loaded, merged_dir = merge_random_adapter(model_dir, recipe)
     merged = AutoModelForImageTextToText.from_pretrained(merged_dir).eval()
     if recipe.model.family == "qwen2_vl":
         qwen2_vl.derive_token_types(merged)  # what the Qwen2-VL processor would give

@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForImageTextToText, AutoTokenizer
 
-from vlmtune.convert.merge import merge_to_dir
 from vlmtune.data.images import image_token_block, tile_image
 from vlmtune.data.templates import INTERNLM2, encode_prompt
 from vlmtune.models.loading import load_model
-from vlmtune.models.methods import apply_method, load_adapter
+from vlmtune.models.methods import load_adapter
 
 
 def _inputs(loaded):
@@ -23,22 +22,10 @@ def _inputs(loaded):
     return torch.tensor([ids]), pixel_values
 
 
-def test_merged_dir_loads_with_transformers_and_matches_adapter_logits(tiny_model_dir, tmp_path):
+def test_merged_dir_loads_with_transformers_and_matches_adapter_logits(tiny_model_dir, tmp_path,
+                                                                         merge_random_adapter):
     model_dir, recipe = tiny_model_dir
-    loaded = load_model(model_dir, recipe.model)
-    tuned = apply_method(loaded.model, loaded.family, recipe.method, lr=1e-3, projector_lr=None,
-                         weight_decay=0.0)
-    torch.manual_seed(1)
-    with torch.no_grad():  # a trained-looking adapter: B != 0 and a changed projector copy
-        for param in tuned.model.parameters():
-            if param.requires_grad:
-                param.add_(torch.randn_like(param) * 0.05)
-    tuned.model.save_pretrained(tmp_path / "adapter")
-
-    merged_dir = merge_to_dir(model_dir, tmp_path / "adapter", tmp_path / "merged", recipe.model)
-
-    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json",
-            "processor_config.json"} <= {p.name for p in merged_dir.iterdir()}
+    loaded, merged_dir = merge_random_adapter(model_dir, recipe)
     merged = AutoModelForImageTextToText.from_pretrained(merged_dir).eval()
     assert AutoTokenizer.from_pretrained(merged_dir).encode("饺子") == \
         loaded.tokenizer.encode("饺子")
