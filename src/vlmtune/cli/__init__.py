@@ -18,8 +18,13 @@ COMMANDS = {
     "convert": "merge the adapter → merged/",
     "evaluate": "base vs tuned on the held-out benchmark → eval/, report.md",
 }
+# Commands with their own arguments (not Hydra overrides): one module each under vlmtune.cli,
+# exposing ``main(argv: list[str]) -> int``; imported only when called.
+PLAIN_COMMANDS: dict[str, tuple[str, str]] = {}
+
 USAGE = "usage: vlmtune <command> [key=value ...] [-m]\n\ncommands:\n" + "\n".join(
-    f"  {name:<9} {text}" for name, text in COMMANDS.items()) + (
+    f"  {name:<10} {text}" for name, text in
+    {**COMMANDS, **{k: v[1] for k, v in PLAIN_COMMANDS.items()}}.items()) + (
     "\n\nOverrides are Hydra's: experiment=demo train.lr=1e-4 method.lora.r=8 ...\n"
     "Show the composed recipe: vlmtune run experiment=demo --cfg job")
 
@@ -30,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, overrides = argv[0], argv[1:]
+    if command in PLAIN_COMMANDS:
+        import importlib
+
+        _offline_and_quiet()
+        module = importlib.import_module(f"vlmtune.cli.{PLAIN_COMMANDS[command][0]}")
+        return module.main(overrides)
     if command not in COMMANDS:
         print(f"vlmtune: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
