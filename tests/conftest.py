@@ -78,3 +78,23 @@ def merge_random_adapter(tmp_path):
         return loaded, merged_dir
 
     return merge
+
+
+@pytest.fixture(scope="session")
+def tokenizer_kinds(tmp_path_factory):
+    """The three real tokenizer kinds, trained locally once: ``internlm2`` (SentencePiece,
+    BOS, no prefix space), ``llama`` (SentencePiece, BOS, prefix space), ``qwen2`` (byte-level
+    BPE, no BOS); see tests/fixtures/tokenizers.py."""
+    from tests.fixtures.tokenizers import tokenizer_kinds
+
+    return tokenizer_kinds(tmp_path_factory.mktemp("tokenizers"))
+
+
+@pytest.fixture(scope="session")
+def internvl_hf_dir(tmp_path_factory, tokenizer_kinds):
+    """A tiny HF-native InternVL saved as transformers' converter saves one (InternLM2-style
+    tokenizer, converter-default image processor: crop_to_patches False)."""
+    from tests.fixtures.checkpoints import internvl_hf_checkpoint
+
+    return internvl_hf_checkpoint(tmp_path_factory.mktemp("internvl_hf"),
+                                  tokenizer_kinds["internlm2"])
