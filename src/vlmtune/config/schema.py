@@ -24,6 +24,7 @@ FOODIEQA_TASKS = ("sivqa", "mivqa", "textqa")
 LANGS = ("zh", "en")
 ON_INVALID = ("drop", "raise")
 SCORERS = ("likelihood", "generate")
+BENCHMARK_KINDS = ("auto", "multiple_choice", "open_ended")
 STAGES = ("ingest", "train", "convert", "evaluate")
 
 
@@ -72,9 +73,11 @@ class TinyModelSpec:
 class ModelConfig:
     name: str = "tiny_internvl"
     family: str = "internvl"
-    # A local HF directory. With build=tiny it is created there on first use.
+    # A local HF directory: the checkpoint, used as is and never modified. build=auto: vlmtune
+    # builds its tiny model there only when the path is its own (an absent or empty path under
+    # cache_dir/models, or one it built); tiny: also into any absent/empty path; none: never.
     path: str = MISSING
-    build: str | None = None
+    build: str | None = "auto"
     seed: int = 0
     min_tiles: int = 1
     max_tiles: int = 6
@@ -89,7 +92,7 @@ class ModelConfig:
         check_choice("model.dtype", self.dtype, DTYPES)
         check_choice("model.chat_template", self.chat_template, CHAT_TEMPLATES)
         if self.build is not None:
-            check_choice("model.build", self.build, ("tiny",))
+            check_choice("model.build", self.build, ("auto", "tiny", "none"))
         check_range("model.min_tiles", self.min_tiles, 1)
         check_range("model.max_tiles", self.max_tiles, self.min_tiles)
 
@@ -261,7 +264,11 @@ class DatasetConfig:
 class BenchmarkConfig:
     name: str = "foodie_synth_sivqa"
     split: str = "heldout"
-    # The first scorer gives `accuracy`; every scorer also logs `<scorer>/accuracy`.
+    # multiple_choice (needs meta.answer_index + meta.choices), open_ended (any conversation:
+    # loss / perplexity, exact match, token-F1), or auto: multiple_choice if every record is.
+    kind: str = "auto"
+    # The first scorer gives the primary metric (multiple choice: `accuracy`); open-ended,
+    # likelihood gives loss / perplexity and generate exact match / token-F1.
     scorers: list[str] = field(default_factory=lambda: ["likelihood"])
     max_new_tokens: int = 16
     batch_size: int = 8
@@ -269,6 +276,7 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         check_choice("benchmark.split", self.split, ("heldout",))
+        check_choice("benchmark.kind", self.kind, BENCHMARK_KINDS)
         if not self.scorers:
             raise ConfigError("benchmark.scorers is empty; choose from: " + ", ".join(SCORERS))
         for i, scorer in enumerate(self.scorers):
@@ -311,3 +319,5 @@ class RecipeConfig:
         if not self.experiment_name or "/" in self.experiment_name:
             raise ConfigError(f"experiment_name={self.experiment_name!r} must be a non-empty "
                               "name without '/'")
+        # not a config key: where model.build=auto may build (vlmtune's own model cache)
+        self.model.cache_dir = self.cache_dir

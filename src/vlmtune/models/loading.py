@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,19 +44,78 @@ class LoadedModel:
     image_token_id: int
 
 
-def ensure_model_dir(cfg: ModelConfig) -> Path:
-    """Return ``model.path``; with ``model.build=tiny`` build it there first if needed."""
-    path = Path(cfg.path)
-    if cfg.build == "tiny":
+BUILD_MODES = ("auto", "tiny", "none")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def ensure_model_dir(cfg: ModelConfig, cache_dir: str | Path | None = None) -> Path:
+    """Return ``model.path``, building vlmtune's tiny model there first when it should.
+
+    ``model.build``: ``auto`` (default) builds only into vlmtune's own directories, i.e. a
+    path carrying :data:`TINY_MARKER`, or an absent / empty path inside ``<cache_dir>/models``;
+    ``tiny`` also builds into any absent or empty path; ``none`` never builds. A directory
+    holding anything else is the user's checkpoint: it is checked and used, never modified.
+    ``cache_dir``: the recipe's ``cache_dir`` (default: the one the recipe gave ``cfg``).
+    """
+    path = Path(cfg.path).expanduser()
+    mode = cfg.build or "none"
+    if cache_dir is None:
+        cache_dir = getattr(cfg, "cache_dir", None)
+    if mode != "none" and _is_ours(path, mode, cache_dir):
         wanted = {"seed": cfg.seed, "max_tiles": cfg.max_tiles, "spec": asdict(cfg.tiny),
                   "corpus": synthetic.GENERATOR_VERSION, "builder": TINY_BUILDER_VERSION}
         marker = path / TINY_MARKER
         if not (marker.exists() and json.loads(marker.read_text()) == wanted):
             _build_tiny(path, cfg, wanted)
-    elif not path.is_dir():
-        raise ConfigError(f"model.path={cfg.path!r} does not exist or is not a directory; "
-                          "point it at a local model directory (nothing is downloaded)")
+        return path
+    check_model_dir(path)
     return path
+
+
+def is_tiny_dir(path: Path) -> bool:
+    """Whether ``path`` is a directory vlmtune built (it carries the tiny marker)."""
+    return (Path(path) / TINY_MARKER).is_file()
+
+
+def check_model_dir(path: Path) -> None:
+    """ConfigError naming ``model.path`` unless ``path`` holds a loadable checkpoint:
+    ``config.json``, weights and tokenizer files, in a layout vlmtune trains."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"model.path={str(path)!r} does not exist or is not a directory; "
+                          "point it at a local model directory (nothing is downloaded)")
+    _refuse_unsupported_layout(path)
+    names = {p.name for p in path.iterdir()}
+    missing = []
+    if not (names & set(WEIGHT_FILES) or any(n.endswith(".safetensors") for n in names)):
+        missing.append("weights (" + " / ".join(WEIGHT_FILES[:3]) + ")")
+    if not (names & set(TOKENIZER_FILES) or any(n.endswith(".tiktoken") for n in names)):
+        missing.append("a tokenizer (" + " / ".join(TOKENIZER_FILES[:2]) + ")")
+    if missing:
+        raise ConfigError(f"model.path={str(path)!r} has config.json but no "
+                          f"{' and no '.join(missing)}; it must be a complete model directory "
+                          "(save_pretrained of the model and of its tokenizer)")
+
+
+def _is_ours(path: Path, mode: str, cache_dir: str | Path | None) -> bool:
+    """Whether vlmtune may build (or rebuild) its tiny model at ``path``."""
+    if is_tiny_dir(path):
+        return True
+    vacant = not path.exists() or (path.is_dir() and not any(path.iterdir()))
+    if mode == "tiny":
+        if not vacant:
+            raise ConfigError(
+                f"model.build=tiny would replace model.path={str(path)!r}, which holds files "
+                "vlmtune did not build; point model.path at an empty or new directory, or set "
+                "model.build=none to use that directory as the checkpoint")
+        return True
+    return vacant and cache_dir is not None and _inside(path, Path(cache_dir) / "models")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.absolute().resolve().is_relative_to(folder.absolute().resolve())
 
 
 def load_model(path: Path, cfg: ModelConfig, *, nf4: bool = False) -> LoadedModel:
@@ -65,7 +125,7 @@ def load_model(path: Path, cfg: ModelConfig, *, nf4: bool = False) -> LoadedMode
     tower, projector and LM head kept in ``model.dtype``.
     """
     family = get_family(cfg.family)
-    _refuse_unsupported_layout(path)
+    check_model_dir(path)
     extra = {"quantization_config": _nf4_config(family, cfg)} if nf4 else {}
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[cfg.dtype], **extra)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -97,12 +157,15 @@ def _build_tiny(path: Path, cfg: ModelConfig, wanted: dict) -> None:
     family = get_family(cfg.family)
     tokenizer = train_tokenizer(corpus, vocab_size=cfg.tiny.vocab_size,
                                 image_tokens=family.special_tokens, template=template)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.vlmtune-build-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     family.build_tiny(tmp, cfg, tokenizer)
     (tmp / TINY_MARKER).write_text(json.dumps(wanted, indent=2))
-    shutil.rmtree(path, ignore_errors=True)
+    if is_tiny_dir(path):  # an older tiny build of ours
+        shutil.rmtree(path)
+    elif path.is_dir():
+        path.rmdir()  # empty (anything else was refused); fails rather than delete files
     tmp.rename(path)
 
 
