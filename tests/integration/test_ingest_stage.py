@@ -114,7 +114,7 @@ def test_cli_ingest_prints_the_summary_and_hits_the_cache(tmp_path):
     for row in ("read", "kept", "train", "held-out", "dropped", "bad_record"):
         assert row in table
     assert "rejected records:" in table and "rejected.jsonl" in table
-    second = next((tmp_path / "b").glob("default/*/data"))
+    second = next((tmp_path / "b").glob("vlmtune/*/data"))
     for name in ("train.jsonl", "heldout.jsonl", "manifest.json", "rejected.jsonl"):
         assert (first / name).read_bytes() == (second / name).read_bytes()
 

@@ -151,7 +151,7 @@ def test_demo_experiment_values_and_interpolated_paths(tmp_path):
 
 def test_default_recipe_without_experiment():
     recipe = validate(compose_recipe())
-    assert recipe.experiment_name == "default"
+    assert recipe.experiment_name == "vlmtune"
     assert recipe.pipeline.stages == ["ingest", "train", "convert", "evaluate"]
     assert recipe.tracking.uri == "sqlite:///mlflow.db"
 

@@ -3,6 +3,9 @@
     vlmtune run experiment=demo
     vlmtune run -m experiment=demo method.lora.r=8,16
     vlmtune ingest dataset=foodieqa dataset.root=/data/FoodieQA
+
+Keys and group choices are checked before Hydra composes anything (one line, exit 2, with a
+did-you-mean); ``--wait`` is vlmtune's own flag, taken out before Hydra sees the arguments.
 """
 
 from __future__ import annotations
@@ -22,11 +25,18 @@ COMMANDS = {
 # exposing ``main(argv: list[str]) -> int``; imported only when called.
 PLAIN_COMMANDS: dict[str, tuple[str, str]] = {}
 
-USAGE = "usage: vlmtune <command> [key=value ...] [-m]\n\ncommands:\n" + "\n".join(
+USAGE = "usage: vlmtune <command> [key=value ...] [-m] [--wait]\n\ncommands:\n" + "\n".join(
     f"  {name:<10} {text}" for name, text in
     {**COMMANDS, **{k: v[1] for k, v in PLAIN_COMMANDS.items()}}.items()) + (
     "\n\nOverrides are Hydra's: experiment=demo train.lr=1e-4 method.lora.r=8 ...\n"
+    "  -m, --multirun   sweep: method.lora.r=8,16 runs one job per value, then one table\n"
+    "  --wait           if another vlmtune run holds the run directory, wait for it\n"
+    "                   (default: refuse, naming its PID)\n"
     "Show the composed recipe: vlmtune run experiment=demo --cfg job")
+MULTIRUN_FLAGS = ("-m", "--multirun")
+# Hydra flags that take a value as the next argument.
+HYDRA_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp",
+                     "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,34 +54,73 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"vlmtune: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
+    wait = "--wait" in overrides
+    overrides = [a for a in overrides if a != "--wait"]
     _offline_and_quiet()
     import hydra
 
     from vlmtune.config import register_configs
     from vlmtune.config.registry import recipes_dir
+    from vlmtune.errors import VlmtuneError
 
     register_configs()
+    try:
+        _check_command_line(overrides)
+    except VlmtuneError as err:
+        print(f"vlmtune: error: {err}", file=sys.stderr)
+        return 2
 
     @hydra.main(config_path=str(recipes_dir()), config_name="config", version_base="1.3")
-    def app(cfg) -> None:
-        _run(command, cfg)
+    def app(cfg) -> dict:
+        return _run(command, cfg, wait=wait)
 
     sys.argv = [f"vlmtune-{command}", *overrides]
     app()
     return 0
 
 
-def _run(command: str, cfg) -> None:
+def _check_command_line(args: list[str]) -> None:
+    """Unknown keys and group choices (sweeps too) as one-line errors; without ``-m`` the
+    recipe is also composed once, so Hydra's own errors (a value of the wrong type) read the
+    same way."""
+    from vlmtune.config import compose_recipe
+    from vlmtune.config.strict import check_overrides
+
+    overrides, skip = [], False
+    for arg in args:
+        if skip or arg.startswith("-"):
+            skip = arg in HYDRA_VALUE_FLAGS
+            continue
+        if "=" in arg and not arg.lstrip("+~").startswith("hydra"):
+            overrides.append(arg)
+    check_overrides(overrides)
+    if not any(a in MULTIRUN_FLAGS for a in args):
+        compose_recipe(overrides)
+
+
+def _task_overrides() -> list[str]:
+    """This job's command-line overrides (a sweep's job: with its own values)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # no Hydra app running (called from a test)
+        return []
+
+
+def _run(command: str, cfg, *, wait: bool = False) -> dict:
+    """One job: validate, run, print its summary; returns what a sweep's table needs."""
     from vlmtune.config import validate
     from vlmtune.errors import VlmtuneError
     from vlmtune.pipelines.runner import run_pipeline
     from vlmtune.summary import print_summary
 
     _configure_logging()
+    overrides = _task_overrides()
     try:
         recipe = validate(cfg)
         stages = None if command == "run" else [command]
-        result = run_pipeline(recipe, stages)
+        result = run_pipeline(recipe, stages, overrides=overrides, wait=wait)
     except VlmtuneError as err:
         print(f"vlmtune: error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -79,6 +128,9 @@ def _run(command: str, cfg) -> None:
         print("vlmtune: interrupted; run the same command again to resume", file=sys.stderr)
         sys.exit(130)
     print_summary(result)
+    return {"overrides": overrides, "run_dir": str(result.run_dir.resolve()),
+            "run_key": result.run_key, "mlflow_run_id": result.mlflow_run_id,
+            "ran": result.ran, "skipped": result.skipped}
 
 
 def _offline_and_quiet() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
 from hydra import compose, initialize_config_dir
@@ -13,15 +14,19 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vlmtune.config.registry import recipes_dir, register_configs
 from vlmtune.config.schema import RecipeConfig
+from vlmtune.config.strict import check_composed, check_overrides
 from vlmtune.errors import ConfigError
 
-# Keys that change how a run is observed or stored, not what it computes.
-RUN_KEY_EXCLUDES = ("tracking", "pipeline", "output_root")
+# Keys that change how a run is observed, stored or evaluated, not what training computes
+# (each stage's own inputs decide whether it reruns: vlmtune.pipelines.inputs).
+RUN_KEY_EXCLUDES = ("tracking", "pipeline", "output_root", "cache_dir", "benchmark",
+                    "device", "train.num_workers", "model.path", "model.build")
 
 
 def compose_recipe(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Compose ``recipes/config.yaml`` with command-line style overrides (no Hydra app run)."""
     register_configs()
+    check_overrides(overrides)
     try:
         with initialize_config_dir(config_dir=str(recipes_dir()), version_base="1.3"):
             return compose(config_name="config", overrides=list(overrides))
@@ -30,7 +35,9 @@ def compose_recipe(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
 
 
 def validate(cfg: DictConfig) -> RecipeConfig:
-    """Resolve interpolations and build the typed recipe; errors name the key."""
+    """Resolve interpolations and build the typed recipe; errors name the key (a key the
+    schema does not have is one, also when added with ``+``)."""
+    check_composed(cfg)
     try:
         recipe = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
@@ -59,11 +66,21 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def run_key(recipe: RecipeConfig, data_fingerprint: str) -> str:
-    """A short stable hash of what the run computes: the recipe (less tracking) and the data."""
-    tree = {k: v for k, v in to_container(recipe).items() if k not in RUN_KEY_EXCLUDES}
-    payload = json.dumps({"config": tree, "data": data_fingerprint}, sort_keys=True)
+def run_key(recipe: RecipeConfig, data_fingerprint: str,
+            model_identity: dict[str, Any] | None = None) -> str:
+    """A short stable hash of what training computes: the recipe less
+    :data:`RUN_KEY_EXCLUDES`, the data, and the model's identity (its files, see
+    ``vlmtune.pipelines.inputs.model_identity``; by default its normalised path)."""
+    flat = {k: v for k, v in flatten(to_container(recipe)).items() if not _excluded(k)}
+    model = model_identity or {"path": os.path.normpath(os.path.abspath(
+        os.path.expanduser(recipe.model.path)))}
+    payload = json.dumps({"config": flat, "data": data_fingerprint, "model": model},
+                         sort_keys=True, default=str)
     return hashlib.blake2b(payload.encode(), digest_size=5).hexdigest()
+
+
+def _excluded(key: str) -> bool:
+    return any(key == x or key.startswith(f"{x}.") for x in RUN_KEY_EXCLUDES)
 
 
 def _one_line(err: BaseException) -> str:

@@ -304,7 +304,7 @@ class PipelineConfig:
 class RecipeConfig:
     """The whole composed recipe."""
 
-    experiment_name: str = "default"
+    experiment_name: str = "vlmtune"
     output_root: str = "outputs"
     cache_dir: str = ".cache/vlmtune"
     model: ModelConfig = field(default_factory=ModelConfig)

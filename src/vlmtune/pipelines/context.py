@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vlmtune.config import RecipeConfig, run_key, to_yaml
 from vlmtune.config.schema import DatasetConfig
@@ -26,6 +27,7 @@ class RunContext:
     data_fingerprint: str
     state: PipelineState
     tracker: Tracker
+    model_identity: dict[str, Any] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
@@ -57,12 +59,31 @@ def prepare_source(cfg: DatasetConfig) -> tuple[Path, str]:
     return source.root, source_fingerprint(source)
 
 
-def open_run(recipe: RecipeConfig, tracker: Tracker) -> RunContext:
-    """Fingerprint the data, derive the run key and create or reopen the run directory."""
+@dataclass
+class RunLocation:
+    """Where a recipe's run lives, and what its key was derived from."""
+
+    run_dir: Path
+    run_key: str
+    data_fingerprint: str
+    model_identity: dict[str, Any]
+
+
+def locate_run(recipe: RecipeConfig) -> RunLocation:
+    """Fingerprint the data and the model, derive the run key, create the run directory."""
+    from vlmtune.pipelines.inputs import model_identity
+
     _, fingerprint = prepare_source(recipe.dataset)
-    key = run_key(recipe, fingerprint)
+    identity = model_identity(recipe.model.path, recipe.model.build)
+    key = run_key(recipe, fingerprint, identity)
     run_dir = Path(recipe.output_root) / recipe.experiment_name / key
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.yaml", to_yaml(recipe))
-    state = PipelineState.load(run_dir, key)
-    return RunContext(recipe, run_dir, key, fingerprint, state, tracker)
+    return RunLocation(run_dir, key, fingerprint, identity)
+
+
+def open_run(recipe: RecipeConfig, where: RunLocation, tracker: Tracker) -> RunContext:
+    """Reopen the (locked) run directory: write the resolved recipe, load the stage state."""
+    write_atomic(where.run_dir / "config.yaml", to_yaml(recipe))
+    state = PipelineState.load(where.run_dir, where.run_key)
+    return RunContext(recipe, where.run_dir, where.run_key, where.data_fingerprint, state,
+                      tracker, where.model_identity)

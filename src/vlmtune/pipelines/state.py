@@ -1,4 +1,4 @@
-"""``pipeline_state.json``: which stages of a run directory have finished."""
+"""``pipeline_state.json``: which stages of a run directory have finished, and on what inputs."""
 
 from __future__ import annotations
 
@@ -35,6 +35,33 @@ class PipelineState:
 
     def is_done(self, stage: str) -> bool:
         return self.stages.get(stage, {}).get("status") == "done"
+
+    def reason_to_run(self, stage: str, inputs: dict[str, Any]) -> str | None:
+        """Why ``stage`` must run given its current ``inputs`` (None: it is up to date)."""
+        from vlmtune.pipelines.inputs import changed_keys, digest
+
+        entry = self.stages.get(stage)
+        if entry is None:
+            return "no previous run"
+        status = entry.get("status")
+        if status in ("running", "interrupted"):
+            return "interrupted — resuming"
+        if status != "done":
+            return f"{status} last time — running again"
+        if entry.get("digest") == digest(inputs):
+            return None
+        if "inputs" not in entry:
+            return "inputs not recorded by an earlier vlmtune — running"
+        changed = changed_keys(entry["inputs"], inputs)
+        shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4
+                                          else "")
+        return f"inputs changed ({shown}) — running"
+
+    def mark_done(self, stage: str, inputs: dict[str, Any]) -> None:
+        """Finished on exactly ``inputs`` (recorded with their digest)."""
+        from vlmtune.pipelines.inputs import digest
+
+        self.mark(stage, "done", digest=digest(inputs), inputs=inputs)
 
     def mark(self, stage: str, status: str, **info: Any) -> None:
         entry = self.stages.setdefault(stage, {})

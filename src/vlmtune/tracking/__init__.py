@@ -1,5 +1,13 @@
 """Experiment tracking seam: the only package that imports mlflow."""
 
-from vlmtune.tracking.tracker import MlflowTracker, NullTracker, StepMetrics, Tracker, open_tracker
+from vlmtune.tracking.tracker import (
+    MlflowTracker,
+    NullTracker,
+    StepMetrics,
+    Tracker,
+    check_reachable,
+    open_tracker,
+)
 
-__all__ = ["MlflowTracker", "NullTracker", "StepMetrics", "Tracker", "open_tracker"]
+__all__ = ["MlflowTracker", "NullTracker", "StepMetrics", "Tracker", "check_reachable",
+           "open_tracker"]
