@@ -7,8 +7,10 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from vlmtune.evaluation.report import comparison_rows
+from vlmtune.evaluation.report import COLUMNS, PRIMARY_NOTE, comparison_rows
 from vlmtune.pipelines.runner import PipelineResult
+
+LEFT_COLUMNS = ("benchmark", "scorer", "metric", "")
 
 
 def print_summary(result: PipelineResult) -> None:
@@ -19,13 +21,13 @@ def print_summary(result: PipelineResult) -> None:
         _print_ingest(console, result)
     metrics = _read_metrics(result)
     if metrics:
-        table = Table(title="held-out accuracy: base vs tuned")
-        for column in ("benchmark", "scorer", "base", "tuned", "Δ"):
-            table.add_column(column, justify="left" if column in ("benchmark", "scorer")
-                             else "right")
+        table = Table(title="held-out evaluation: base vs tuned")
+        for column in COLUMNS:
+            table.add_column(column, justify="left" if column in LEFT_COLUMNS else "right")
         for row in comparison_rows(metrics):
             table.add_row(*row)
         console.print(table)
+        console.print(PRIMARY_NOTE)
     console.print(f"run directory: {result.run_dir}")
     console.print(f"MLflow run id: {result.mlflow_run_id or '(tracking disabled)'}")
 

@@ -71,6 +71,12 @@ def trained_parts(cfg: MethodConfig) -> tuple[bool, tuple[str, ...]]:
     return adapters_on, parts["adapter"]
 
 
+def saves_adapter(cfg: MethodConfig) -> bool:
+    """Whether training saves an adapter (else the whole model: ``full``, or a preset that
+    trains no adapters, e.g. ``projector_only``)."""
+    return cfg.name in ADAPTER_METHODS and trained_parts(cfg)[0]
+
+
 def apply_method(model: nn.Module, family: Family, cfg: MethodConfig, *, lr: float,
                  projector_lr: float | None, weight_decay: float,
                  image_token_id: int | None = None) -> TrainableModel:

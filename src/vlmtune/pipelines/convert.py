@@ -1,6 +1,7 @@
 """Stage 3: ``merged/``, a model directory transformers alone loads.
 
-LoRA/QLoRA adapters are merged into the base; a fully trained model is copied. A PLoRA adapter
+LoRA/QLoRA adapters are merged into the base; a whole trained model (``trained/``: method full,
+or a preset without adapters) is copied. A PLoRA adapter
 cannot be merged (its update is position dependent): it is kept, and evaluation loads base +
 adapter through vlmtune.
 """
@@ -12,6 +13,7 @@ import shutil
 
 from vlmtune.convert.merge import merge_to_dir
 from vlmtune.models.loading import ensure_model_dir
+from vlmtune.models.methods import saves_adapter
 from vlmtune.models.plora import is_plora_adapter
 from vlmtune.pipelines.context import RunContext
 from vlmtune.pipelines.train import output_dir
@@ -24,7 +26,7 @@ def run(ctx: RunContext) -> None:
     if not trained.exists():
         ctx.require(trained.name, "train")
     merged = ctx.run_dir / "merged"
-    if ctx.recipe.method.name == "full":
+    if not saves_adapter(ctx.recipe.method):
         tmp = merged.with_name("merged.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(trained, tmp)
@@ -35,4 +37,5 @@ def run(ctx: RunContext) -> None:
                     "cannot be merged into the weights; keeping %s (load it with base + "
                     "vlmtune.models.methods.load_adapter)", trained)
     else:
-        merge_to_dir(ensure_model_dir(ctx.recipe.model), trained, merged, ctx.recipe.model)
+        base = ensure_model_dir(ctx.recipe.model, ctx.recipe.cache_dir)
+        merge_to_dir(base, trained, merged, ctx.recipe.model)

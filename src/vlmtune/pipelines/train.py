@@ -1,6 +1,7 @@
 """Stage 2: fine-tune the model on ``data/train.jsonl``.
 
-Writes ``adapter/`` (LoRA, QLoRA, PLoRA) or ``trained/`` (full fine-tuning); checkpoints go to
+Writes ``adapter/`` (LoRA, QLoRA, PLoRA) or ``trained/`` (the whole model: full fine-tuning, or
+a freeze preset without adapters such as ``projector_only``); checkpoints go to
 ``checkpoints/iter_<N>/`` and re-running resumes from the newest completed one.
 """
 
@@ -14,13 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlmtune.config.schema import DatasetConfig
 from vlmtune.data.collate import Collator, ConversationDataset
 from vlmtune.data.templates import get_template
-from vlmtune.errors import ConfigError
 from vlmtune.models.loading import ensure_model_dir, load_model
-from vlmtune.models.methods import apply_method, save_trained
+from vlmtune.models.methods import apply_method, save_trained, saves_adapter
 from vlmtune.pipelines.context import RunContext
+from vlmtune.pipelines.preflight import check_license
 from vlmtune.tracking import StepMetrics
 from vlmtune.training.engine import train
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def output_dir(ctx: RunContext) -> Path:
-    return ctx.run_dir / ("trained" if ctx.recipe.method.name == "full" else "adapter")
+    return ctx.run_dir / ("adapter" if saves_adapter(ctx.recipe.method) else "trained")
 
 
 def run(ctx: RunContext) -> None:
@@ -36,7 +36,7 @@ def run(ctx: RunContext) -> None:
     check_license(recipe.dataset)
     manifest = ctx.manifest()
     seed_everything(recipe.train.seed)
-    loaded = load_model(ensure_model_dir(recipe.model), recipe.model,
+    loaded = load_model(ensure_model_dir(recipe.model, recipe.cache_dir), recipe.model,
                         nf4=recipe.method.name == "qlora")
     tuned = apply_method(loaded.model, loaded.family, recipe.method, lr=recipe.train.lr,
                          projector_lr=recipe.train.projector_lr,
@@ -69,16 +69,6 @@ def run(ctx: RunContext) -> None:
         loaded.family.save_processing(loaded.images, tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-
-
-def check_license(cfg: DatasetConfig) -> None:
-    """A dataset published for evaluation only is trained on with explicit acknowledgment."""
-    if cfg.usage == "evaluation" and not cfg.acknowledge_license:
-        raise ConfigError(
-            f"dataset {cfg.name!r} is licensed {cfg.license} and published for evaluation; "
-            "training on it is outside that use. If your use is permitted (e.g. non-commercial "
-            "research that does not redistribute derivatives), set "
-            "dataset.acknowledge_license=true")
 
 
 def seed_everything(seed: int) -> None:
