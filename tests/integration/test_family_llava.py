@@ -93,11 +93,12 @@ def test_vicuna_label_mask_is_token_exact(tiny, tmp_path):
     def enc(text: str) -> list[int]:
         return tok.encode(text, add_special_tokens=False)
 
-    prompt1 = enc(f"{VICUNA_SYSTEM} USER: {block}\nWhat dish is this? ASSISTANT: ")
-    reply1 = enc("Peking duck.") + [tok.eos_token_id]
-    prompt2 = enc(" USER: Where is it from? ASSISTANT: ")
-    reply2 = enc("Beijing.") + [tok.eos_token_id]
-    tail = enc(" ")
+    # LLaVA's conv_vicuna_v1: "{sys} USER: {q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT: {a2}</s>"
+    prompt1 = enc(f"{VICUNA_SYSTEM} USER: {block}\nWhat dish is this? ASSISTANT:")
+    reply1 = enc(" Peking duck.") + [tok.eos_token_id]
+    prompt2 = enc("USER: Where is it from? ASSISTANT:")
+    reply2 = enc(" Beijing.") + [tok.eos_token_id]
+    tail = []
     assert tok.eos_token == "</s>" and tok.convert_ids_to_tokens(reply1[-1]) == "</s>"
     assert ids == prompt1 + reply1 + prompt2 + reply2 + tail
     ignored = [IGNORE_INDEX]
@@ -122,11 +123,11 @@ def test_vicuna_prompt_matches_the_generation_prompt_of_the_chat_template(tiny):
     ours = encode_prompt(tok, "What dish is this?", template=VICUNA_V1)
     theirs = tok.apply_chat_template([{"role": "user", "content": "What dish is this?"}],
                                      add_generation_prompt=True, tokenize=False)
-    assert theirs == f"{VICUNA_SYSTEM} USER: What dish is this? ASSISTANT: "
+    assert theirs == f"{VICUNA_SYSTEM} USER: What dish is this? ASSISTANT:"
     assert tok.encode(theirs, add_special_tokens=False) == ours
     conversation = [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]
     assert render_conversation(conversation, template=VICUNA_V1, system="") == \
-        "USER: q ASSISTANT: a</s> "
+        "USER: q ASSISTANT: a</s>"
 
 
 def test_llava_pads_images_to_a_square_with_the_mean_colour(shared_cache):

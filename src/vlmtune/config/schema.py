@@ -58,6 +58,8 @@ class TinyModelSpec:
     text_kv_heads: int = 2
     text_intermediate: int = 256
     vocab_size: int = 2000
+    # The tiles per image the tiny build records as its own (model.max_tiles unset).
+    max_tiles: int = 6
 
     def __post_init__(self) -> None:
         if self.tile_size % self.patch_size or (self.tile_size // self.patch_size) % 2:
@@ -80,7 +82,8 @@ class ModelConfig:
     build: str | None = "auto"
     seed: int = 0
     min_tiles: int = 1
-    max_tiles: int = 6
+    # None: the checkpoint's own limit (InternVL: its config's max_dynamic_patch, else 12).
+    max_tiles: int | None = None
     dtype: str = "float32"
     chat_template: str = "internlm2"
     # None: the template's default system prompt; "": none.
@@ -90,11 +93,14 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check_choice("model.family", self.family, FAMILIES)
         check_choice("model.dtype", self.dtype, DTYPES)
-        check_choice("model.chat_template", self.chat_template, CHAT_TEMPLATES)
+        from vlmtune.data.templates import TEMPLATES  # the registry: any template, any family
+
+        check_choice("model.chat_template", self.chat_template, tuple(sorted(TEMPLATES)))
         if self.build is not None:
             check_choice("model.build", self.build, ("auto", "tiny", "none"))
         check_range("model.min_tiles", self.min_tiles, 1)
-        check_range("model.max_tiles", self.max_tiles, self.min_tiles)
+        if self.max_tiles is not None:
+            check_range("model.max_tiles", self.max_tiles, self.min_tiles)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -35,11 +36,29 @@ def build_image_processor(
     )
 
 
-def load_image_processor(model_dir: Path) -> GotOcr2ImageProcessorPil:
-    """The image processor saved in ``model_dir`` (PIL backend: works without torchvision)."""
+def load_image_processor(model_dir: Path, **overrides: Any) -> GotOcr2ImageProcessorPil:
+    """The image processor saved in ``model_dir`` (PIL backend: works without torchvision),
+    with ``overrides`` replacing saved settings."""
     if not (Path(model_dir) / PROCESSOR_CONFIG).is_file():
         raise CheckpointError(f"{model_dir}: no {PROCESSOR_CONFIG}; was the processor saved?")
-    return GotOcr2ImageProcessorPil.from_pretrained(str(model_dir))
+    return GotOcr2ImageProcessorPil.from_pretrained(str(model_dir), **overrides)
+
+
+def load_tiling_processor(
+    model_dir: Path, *, tile_size: int, max_tiles: int, min_tiles: int = 1
+) -> GotOcr2ImageProcessorPil:
+    """The saved processor (mean, std, resampling) set to tile as InternVL does, whatever its
+    saved flags say: ``tile_size`` tiles, ``min_tiles``…``max_tiles`` of them, + a thumbnail.
+
+    transformers' InternVL converter saves ``crop_to_patches`` at its default (False), which
+    would squash every image into one tile; InternVL always tiles.
+    """
+    if not 1 <= min_tiles <= max_tiles:
+        raise ConfigError(f"need 1 <= model.min_tiles <= max tiles, got {min_tiles} and "
+                          f"{max_tiles}")
+    return load_image_processor(model_dir, crop_to_patches=True, min_patches=min_tiles,
+                                max_patches=max_tiles,
+                                size={"height": tile_size, "width": tile_size})
 
 
 def tile_image(processor: GotOcr2ImageProcessorPil, image: Image.Image) -> tuple[torch.Tensor, int]:

@@ -1,8 +1,11 @@
 """Chat templates and token-exact label masking for conversation records.
 
 A conversation is rendered as alternating runs of unsupervised text (system, user turns, role
-headers, separators, image tokens) and supervised text (each assistant reply plus its end
-marker). Each run is tokenized on its own, so the labels line up with the tokens exactly.
+headers, separators, image tokens) and supervised text (each assistant reply, with the
+template's reply lead and end marker). The whole string is tokenized at once, as the model's
+authors tokenize it (so a SentencePiece tokenizer sees no artificial word starts), and each
+token is labelled by where its last character falls. The tokenizer's own prefix (its BOS,
+when it adds one) comes first, once, unsupervised.
 """
 
 from __future__ import annotations
@@ -34,8 +37,11 @@ class ChatTemplate:
     assistant_prefix: str
     end: str  # closes every message; supervised after an assistant reply
     separator: str  # follows every end marker; never supervised
-    # Closes system and user messages instead of ``end`` (vicuna: nothing); None: ``end``.
+    # Closes system and user messages instead of ``end`` (vicuna: " "); None: ``end``.
     prompt_end: str | None = None
+    # Starts every reply (supervised: the model writes it), so it is not part of a generation
+    # prompt (vicuna: " ", so that the prompt ends "ASSISTANT:" as LLaVA's does).
+    reply_lead: str = ""
 
 
 INTERNLM2 = ChatTemplate(
@@ -53,16 +59,18 @@ VICUNA_SYSTEM = (
     "gives helpful, detailed, and polite answers to the user's questions."
 )
 
-# LLaVA-1.5 / LLaVA-NeXT (vicuna): `{sys} USER: {q} ASSISTANT: {a}</s>`, joined by spaces.
+# LLaVA-1.5 / LLaVA-NeXT (LLaVA's conv_vicuna_v1, SeparatorStyle.TWO):
+# `{sys} USER: {q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT: {a2}</s>`; prompts end "ASSISTANT:".
 VICUNA_V1 = ChatTemplate(
     name="vicuna_v1",
     system=VICUNA_SYSTEM,
     system_prefix="",
     user_prefix="USER: ",
-    assistant_prefix="ASSISTANT: ",
+    assistant_prefix="ASSISTANT:",
     end="</s>",
-    separator=" ",
-    prompt_end="",
+    separator="",
+    prompt_end=" ",
+    reply_lead=" ",
 )
 
 TEMPLATES: dict[str, ChatTemplate] = {INTERNLM2.name: INTERNLM2}
@@ -148,7 +156,7 @@ def render_runs(
         parts = question["value"].split(IMAGE_PLACEHOLDER)
         text = parts[0] + "".join(next(blocks) + part for part in parts[1:])
         pending += _user_block(template, text) + template.assistant_prefix
-        runs += [(pending, False), (reply["value"] + template.end, True)]
+        runs += [(pending, False), (template.reply_lead + reply["value"] + template.end, True)]
         pending = template.separator
     runs.append((pending, False))
     return runs
@@ -166,6 +174,19 @@ def render_conversation(
     return "".join(text for text, _ in runs)
 
 
+def render_prompt(
+    question: str,
+    *,
+    template: ChatTemplate,
+    image_blocks: Sequence[str] = (),
+    system: str | None = None,
+) -> str:
+    """The generation prompt: system, one user turn and the assistant header."""
+    turns = [{"from": "human", "value": question}, {"from": "gpt", "value": "-"}]
+    runs = render_runs(turns, template=template, image_blocks=image_blocks, system=system)
+    return runs[0][0]
+
+
 def encode_conversation(
     tokenizer: Any,
     conversations: list[dict],
@@ -174,15 +195,12 @@ def encode_conversation(
     image_blocks: Sequence[str] = (),
     system: str | None = None,
 ) -> tuple[list[int], list[int]]:
-    """``(input_ids, labels)``: labels are the ids of each reply + its end marker, else -100."""
-    input_ids: list[int] = []
-    labels: list[int] = []
+    """``(input_ids, labels)``: the tokenizer's prefix (BOS) once, then the whole conversation
+    tokenized at once; labels are the ids of each reply + its end marker, else -100."""
     runs = render_runs(conversations, template=template, image_blocks=image_blocks, system=system)
-    for text, supervised in runs:
-        ids = _encode(tokenizer, text)
-        input_ids += ids
-        labels += ids if supervised else [IGNORE_INDEX] * len(ids)
-    return input_ids, labels
+    ids, labels = _encode_runs(tokenizer, runs)
+    prefix = bos_ids(tokenizer)
+    return prefix + ids, [IGNORE_INDEX] * len(prefix) + labels
 
 
 def encode_prompt(
@@ -193,18 +211,57 @@ def encode_prompt(
     image_blocks: Sequence[str] = (),
     system: str | None = None,
 ) -> list[int]:
-    """Prompt ids up to and including the assistant header, for generation and scoring.
+    """Prompt ids (BOS first when the tokenizer adds one) up to the assistant header, for
+    generation and scoring.
 
-    ``encode_prompt(...) + encode_reply(...)`` equals a one-turn ``encode_conversation``.
+    ``encode_prompt(...) + encode_reply(...)`` equals a one-turn ``encode_conversation``
+    whenever the tokenizer has a token boundary where the reply starts.
     """
-    turns = [{"from": "human", "value": question}, {"from": "gpt", "value": "-"}]
-    runs = render_runs(turns, template=template, image_blocks=image_blocks, system=system)
-    return _encode(tokenizer, runs[0][0])
+    text = render_prompt(question, template=template, image_blocks=image_blocks, system=system)
+    return bos_ids(tokenizer) + _encode(tokenizer, text)
 
 
 def encode_reply(tokenizer: Any, text: str, template: ChatTemplate) -> list[int]:
-    """Ids of an assistant reply followed by the template's end marker."""
-    return _encode(tokenizer, text + template.end)
+    """Ids of an assistant reply followed by the template's end marker, tokenized as they are
+    in a conversation (after the assistant header and the template's reply lead)."""
+    anchor = template.assistant_prefix
+    runs = [(anchor, False), (template.reply_lead + text + template.end, True)]
+    if not anchor:
+        return _encode(tokenizer, runs[1][0])
+    ids, labels = _encode_runs(tokenizer, runs)
+    first = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(ids))
+    return ids[first:]
+
+
+def bos_ids(tokenizer: Any) -> list[int]:
+    """The ids the tokenizer itself puts before a text (``[bos]`` for Llama / InternLM2
+    SentencePiece tokenizers, ``[]`` for Qwen2's), found from its own ``add_special_tokens``."""
+    probe = "a"
+    plain = list(tokenizer.encode(probe, add_special_tokens=False))
+    full = list(tokenizer.encode(probe, add_special_tokens=True))
+    return next((full[:i] for i in range(len(full) - len(plain) + 1)
+                 if full[i:i + len(plain)] == plain), [])
+
+
+def starts_with_bos(tokenizer: Any, input_ids: Sequence[int]) -> bool:
+    """Whether ``input_ids`` start with the tokenizer's BOS token."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return bos is not None and len(input_ids) > 0 and int(input_ids[0]) == bos
+
+
+def stop_token_ids(tokenizer: Any, template: ChatTemplate,
+                   generation_config: Any = None) -> list[int]:
+    """Where generation stops: the checkpoint's ``generation_config`` eos ids, plus the
+    template's end marker when it is one token; the tokenizer's eos only when neither says."""
+    ids: list[int] = []
+    eos = getattr(generation_config, "eos_token_id", None) if generation_config else None
+    ids += [int(i) for i in (eos if isinstance(eos, list | tuple) else [eos]) if i is not None]
+    end = tokenizer.encode(template.end, add_special_tokens=False) if template.end else []
+    if len(end) == 1:
+        ids.append(int(end[0]))
+    if not ids and getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    return list(dict.fromkeys(ids))
 
 
 def to_jinja(template: ChatTemplate) -> str:
@@ -216,6 +273,7 @@ def to_jinja(template: ChatTemplate) -> str:
     def q(text: str) -> str:
         return json.dumps(text, ensure_ascii=False)
 
+    lead = q(template.reply_lead)
     end_sep = q(template.end + template.separator)
     prompt_end_sep = q(_prompt_end(template) + template.separator)
     return (
@@ -230,7 +288,7 @@ def to_jinja(template: ChatTemplate) -> str:
         "{%- if message['role'] == 'user' -%}"
         f"{{{{ {q(template.user_prefix)} + message['content'] + {prompt_end_sep} }}}}"
         "{%- else -%}"
-        f"{{{{ {q(template.assistant_prefix)} + message['content'] + {end_sep} }}}}"
+        f"{{{{ {q(template.assistant_prefix)} + {lead} + message['content'] + {end_sep} }}}}"
         "{%- endif -%}"
         "{%- endfor -%}"
         f"{{%- if add_generation_prompt -%}}{{{{ {q(template.assistant_prefix)} }}}}"
@@ -254,3 +312,30 @@ def _prompt_end(template: ChatTemplate) -> str:
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False)) if text else []
+
+
+def _encode_runs(tokenizer: Any, runs: list[tuple[str, bool]]) -> tuple[list[int], list[int]]:
+    """Tokenize the joined runs at once; a token is supervised when its last character is in a
+    supervised run. Tokenizers without offsets (slow ones) encode run by run instead."""
+    if not getattr(tokenizer, "is_fast", False):
+        ids: list[int] = []
+        labels: list[int] = []
+        for text, supervised in runs:
+            part = _encode(tokenizer, text)
+            ids += part
+            labels += part if supervised else [IGNORE_INDEX] * len(part)
+        return ids, labels
+    text = "".join(t for t, _ in runs)
+    if not text:
+        return [], []
+    supervised_chars = bytearray(len(text))
+    pos = 0
+    for part, supervised in runs:
+        if supervised:
+            supervised_chars[pos:pos + len(part)] = b"\x01" * len(part)
+        pos += len(part)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    labels = [tok if end > start and supervised_chars[end - 1] else IGNORE_INDEX
+              for tok, (start, end) in zip(ids, enc["offset_mapping"], strict=True)]
+    return ids, labels

@@ -51,13 +51,16 @@ class InternVLTiles:
         self.processor, self.tokens_per_tile = processor, tokens_per_tile
 
     def encode(self, images: list[Image.Image]) -> EncodedImages:
-        tiles, blocks, total = [], [], 0
+        """Tile each image; ``extra["tiles"]``: the tile count of each image (thumbnail
+        included)."""
+        tiles, blocks, counts = [], [], []
         for image in images:
             pixel_values, n = tile_image(self.processor, image)
             tiles.append(pixel_values)
             blocks.append(image_token_block(n, self.tokens_per_tile))
-            total += n * self.tokens_per_tile
+            counts.append(n)
         tensors = {"pixel_values": torch.cat(tiles)} if tiles else {}
-        return EncodedImages(tensors, blocks, total, {"tiles": total // self.tokens_per_tile})
+        return EncodedImages(tensors, blocks, sum(counts) * self.tokens_per_tile,
+                             {"tiles": counts})
 
     collate = staticmethod(concat_collate)

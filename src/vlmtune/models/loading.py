@@ -28,7 +28,7 @@ from vlmtune.models.tokenizer import train_tokenizer
 log = logging.getLogger(__name__)
 
 TINY_MARKER = "vlmtune_tiny.json"
-TINY_BUILDER_VERSION = 3  # bump when build_tiny_* changes, so cached tiny models are rebuilt
+TINY_BUILDER_VERSION = 4  # bump when build_tiny_* changes, so cached tiny models are rebuilt
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

@@ -32,3 +32,9 @@ class Family:
     build_tiny: Callable[[Path, ModelConfig, Any], None]
     # (images, out_dir) → writes the processor files beside a saved (merged) model.
     save_processing: Callable[[ImagePipeline, Path], None]
+
+
+def tiny_max_tiles(cfg: ModelConfig) -> int:
+    """The tile limit a tiny build records as its own: ``model.max_tiles`` when the user set
+    it, else ``model.tiny.max_tiles``."""
+    return cfg.max_tiles if cfg.max_tiles is not None else cfg.tiny.max_tiles

@@ -20,20 +20,33 @@ from vlmtune.data.images import (
     IMG_END,
     IMG_START,
     build_image_processor,
-    load_image_processor,
+    load_tiling_processor,
     tokens_per_tile,
 )
 from vlmtune.data.vision import InternVLTiles
-from vlmtune.models.families.base import Family
+from vlmtune.models.families.base import Family, tiny_max_tiles
+
+DEFAULT_MAX_TILES = 12
 
 
 def image_pipeline(model: Any, model_dir: Path, cfg: ModelConfig) -> InternVLTiles:
-    processor = load_image_processor(model_dir)
-    processor.min_patches, processor.max_patches = cfg.min_tiles, cfg.max_tiles
+    """InternVL's dynamic tiling, as the checkpoint defines it: tiles of the vision tower's
+    image size, at most ``max_tiles(...)`` of them, a thumbnail when more than one."""
     vision = model.config.vision_config
-    per_tile = tokens_per_tile(_first(vision.image_size), _first(vision.patch_size),
-                               model.config.downsample_ratio)
+    tile = _first(vision.image_size)
+    processor = load_tiling_processor(model_dir, tile_size=tile, min_tiles=cfg.min_tiles,
+                                      max_tiles=max_tiles(model.config, cfg))
+    per_tile = tokens_per_tile(tile, _first(vision.patch_size), model.config.downsample_ratio)
     return InternVLTiles(processor, per_tile)
+
+
+def max_tiles(config: Any, cfg: ModelConfig) -> int:
+    """``model.max_tiles`` when set, else the checkpoint's ``max_dynamic_patch``, else 12
+    (InternVL 1.5 / 2's default)."""
+    if cfg.max_tiles is not None:
+        return cfg.max_tiles
+    own = getattr(config, "max_dynamic_patch", None)
+    return int(own) if own is not None else DEFAULT_MAX_TILES
 
 
 def build_tiny(out_dir: Path, cfg: ModelConfig, tokenizer: Any) -> None:
@@ -57,9 +70,10 @@ def build_tiny(out_dir: Path, cfg: ModelConfig, tokenizer: Any) -> None:
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
     )
+    config.max_dynamic_patch = tiny_max_tiles(cfg)  # its own limit, as InternVL2's config has
     model = InternVLForConditionalGeneration(config).eval()
     finish_tiny(model, cfg, tokenizer, out_dir)
-    processor = build_image_processor(tile_size=spec.tile_size, max_tiles=cfg.max_tiles)
+    processor = build_image_processor(tile_size=spec.tile_size, max_tiles=tiny_max_tiles(cfg))
     processor.save_pretrained(out_dir)
 
 

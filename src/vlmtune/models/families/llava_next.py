@@ -26,7 +26,7 @@ from transformers.models.llava_next.image_processing_pil_llava_next import (
 
 from vlmtune.config.schema import ModelConfig
 from vlmtune.errors import ConfigError
-from vlmtune.models.families.base import Family
+from vlmtune.models.families.base import Family, tiny_max_tiles
 from vlmtune.models.families.internvl import finish_tiny, tiny_text_config
 from vlmtune.models.families.llava import (
     EOS,
@@ -85,7 +85,7 @@ def image_pipeline(model: Any, model_dir: Path, cfg: ModelConfig) -> AnyresImage
 def build_tiny(out_dir: Path, cfg: ModelConfig, tokenizer: Any) -> None:
     """Write a randomly initialised tiny LLaVA-NeXT (model, tokenizer, image processor)."""
     spec = cfg.tiny
-    pinpoints = grid_pinpoints(spec.tile_size, cfg.max_tiles)
+    pinpoints = grid_pinpoints(spec.tile_size, tiny_max_tiles(cfg))
     torch.manual_seed(cfg.seed)
     tokenizer.eos_token = EOS
     config = LlavaNextConfig(

@@ -23,7 +23,7 @@ from vlmtune.config.schema import ModelConfig
 from vlmtune.data.images import PROCESSOR_CONFIG
 from vlmtune.data.vision import EncodedImages, concat_collate
 from vlmtune.errors import CheckpointError, ConfigError
-from vlmtune.models.families.base import Family
+from vlmtune.models.families.base import Family, tiny_max_tiles
 from vlmtune.models.families.internvl import finish_tiny, tiny_text_config
 
 VISION_START = "<|vision_start|>"
@@ -148,7 +148,7 @@ def build_tiny(out_dir: Path, cfg: ModelConfig, tokenizer: Any) -> None:
     tile_pixels = spec.tile_size**2
     processor = Qwen2VLImageProcessorPil(
         size={"shortest_edge": cfg.min_tiles * tile_pixels,
-              "longest_edge": cfg.max_tiles * tile_pixels},
+              "longest_edge": tiny_max_tiles(cfg) * tile_pixels},
         patch_size=spec.patch_size, merge_size=MERGE_SIZE, temporal_patch_size=TEMPORAL_PATCH)
     processor.save_pretrained(out_dir)
 
