@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from vlmtune.data.foodieqa import target_text
 from vlmtune.data.images import open_image
-from vlmtune.data.templates import ChatTemplate, encode_prompt, encode_reply
+from vlmtune.data.templates import ChatTemplate, encode_prompt, encode_reply, stop_token_ids
 from vlmtune.errors import DataError
 from vlmtune.models.loading import LoadedModel
 from vlmtune.progress import progress_bar
@@ -142,7 +142,9 @@ class MultipleChoiceScorer:
                     input_ids=input_ids, attention_mask=attention,
                     **self._image_inputs([t for _, t in prompts]),
                     max_new_tokens=max_new_tokens, do_sample=False,
-                    pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id)
+                    pad_token_id=self.tok.pad_token_id,
+                    eos_token_id=stop_token_ids(self.tok, self.template,
+                                                self.lm.model.generation_config))
                 for item, row in zip(chunk, out[:, input_ids.shape[1]:], strict=True):
                     text = self.tok.decode(row, skip_special_tokens=True)
                     preds.append(_prediction(item, parse_letter(text, item.letters), output=text))
