@@ -7,6 +7,7 @@ whose ``__post_init__`` checks the values that types cannot express.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,8 @@ ON_INVALID = ("drop", "raise")
 SCORERS = ("likelihood", "generate")
 BENCHMARK_KINDS = ("auto", "multiple_choice", "open_ended")
 STAGES = ("ingest", "train", "convert", "evaluate")
+PRECISIONS = ("bf16", "fp16", "fp32")
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 def check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -136,6 +139,26 @@ class MethodConfig:
                               "this machine")
 
 
+def resolve_device(value: str) -> str:
+    """``device`` as a torch device name: auto → ``cuda`` when available, else ``cpu``."""
+    import torch
+
+    if not DEVICE.match(str(value)):
+        raise ConfigError(f"device={value!r} is not allowed; choose one of: auto, cpu, cuda, "
+                          "cuda:N")
+    if value == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if value.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={value!r} needs CUDA, and torch.cuda.is_available() is "
+                              "False here; use device=cpu or device=auto")
+        index = int(value.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device={value!r}: only {torch.cuda.device_count()} CUDA "
+                              "device(s) here")
+    return value
+
+
 def qlora_missing() -> list[str]:
     """What QLoRA needs that this machine lacks."""
     import importlib.util
@@ -169,8 +192,13 @@ class TrainConfig:
     group_by_length: bool = True
     # Text-only samples packed into rows of up to max_length tokens (image samples never).
     packing: bool = False
+    # Compute dtype: bf16 | fp16 (CUDA only) | fp32; null = bf16 on CUDA, fp32 on CPU.
+    # Trainable weights are kept in fp32 whatever it is (vlmtune.training.precision).
+    precision: str | None = None
 
     def __post_init__(self) -> None:
+        if self.precision is not None:
+            check_choice("train.precision", self.precision, PRECISIONS)
         check_range("train.lr", self.lr, 0.0, low_open=True)
         if self.projector_lr is not None:
             check_range("train.projector_lr", self.projector_lr, 0.0, low_open=True)
@@ -313,6 +341,8 @@ class RecipeConfig:
     experiment_name: str = "vlmtune"
     output_root: str = "outputs"
     cache_dir: str = ".cache/vlmtune"
+    # Where train, merge and evaluate run: auto (CUDA when available) | cpu | cuda | cuda:N.
+    device: str = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -325,5 +355,9 @@ class RecipeConfig:
         if not self.experiment_name or "/" in self.experiment_name:
             raise ConfigError(f"experiment_name={self.experiment_name!r} must be a non-empty "
                               "name without '/'")
+        device = resolve_device(self.device)
+        if self.train.precision == "fp16" and not device.startswith("cuda"):
+            raise ConfigError(f"train.precision='fp16' needs CUDA (device={self.device!r} runs "
+                              "on the CPU); use train.precision=bf16 or fp32")
         # not a config key: where model.build=auto may build (vlmtune's own model cache)
         self.model.cache_dir = self.cache_dir

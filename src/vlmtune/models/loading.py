@@ -118,16 +118,20 @@ def _inside(path: Path, folder: Path) -> bool:
     return path.absolute().resolve().is_relative_to(folder.absolute().resolve())
 
 
-def load_model(path: Path, cfg: ModelConfig, *, nf4: bool = False) -> LoadedModel:
+def load_model(path: Path, cfg: ModelConfig, *, nf4: bool = False,
+               device: str | None = None) -> LoadedModel:
     """Load ``path`` (an HF ``save_pretrained`` directory) as ``cfg.family`` says.
 
     ``nf4``: the LLM's linear layers in 4-bit NF4 (QLoRA; bitsandbytes on CUDA), the vision
-    tower, projector and LM head kept in ``model.dtype``.
+    tower, projector and LM head kept in ``model.dtype``. ``device``: move the model there
+    (None: stay on the CPU; training leaves the move to its engine).
     """
     family = get_family(cfg.family)
     check_model_dir(path)
     extra = {"quantization_config": _nf4_config(family, cfg)} if nf4 else {}
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[cfg.dtype], **extra)
+    if device is not None:
+        model = model.to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
     images = family.image_pipeline(model, path, cfg)
     image_token_id = tokenizer.convert_tokens_to_ids(images.image_token)

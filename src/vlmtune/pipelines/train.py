@@ -15,14 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vlmtune.config.schema import resolve_device
 from vlmtune.data.collate import Collator, ConversationDataset
 from vlmtune.data.templates import get_template
-from vlmtune.models.loading import ensure_model_dir, load_model
+from vlmtune.models.loading import DTYPES, ensure_model_dir, load_model
 from vlmtune.models.methods import apply_method, save_trained, saves_adapter
 from vlmtune.pipelines.context import RunContext
 from vlmtune.pipelines.preflight import check_license
 from vlmtune.tracking import StepMetrics
 from vlmtune.training.engine import train
+from vlmtune.training.precision import cast_trainable
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +57,11 @@ def run(ctx: RunContext) -> None:
             collate_fn=Collator(loaded.tokenizer.pad_token_id, loaded.images.collate),
             param_groups=tuned.param_groups, cfg=recipe.train, work_dir=ctx.run_dir / "logs",
             checkpoint_dir=ctx.run_dir / "checkpoints", on_step=step_metrics,
-            extra_meta={"run_key": ctx.run_key})
+            extra_meta={"run_key": ctx.run_key}, device=resolve_device(recipe.device),
+            before_checkpoint=lambda step: step_metrics.flush())
     finally:
         step_metrics.flush()  # also when interrupted: every logged step reaches MLflow
+    cast_trainable(tuned.model, DTYPES[recipe.model.dtype])  # trained in fp32, saved in dtype
     if result.resumed_from is not None:
         log.info("train: resumed at iteration %d of %d", result.resumed_from, result.iterations)
     out = output_dir(ctx)

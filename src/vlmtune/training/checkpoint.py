@@ -2,9 +2,10 @@
 
 ``checkpoints/iter_<N>/`` holds ``trainable.safetensors`` (every parameter that trains),
 ``optimizer.pt``, ``scheduler.pt``, ``rng.pt`` (the random state of the run: torch (CPU and
-CUDA), Python and NumPy generators, and the batch sampler's position, whose order is a function
-of its seed) and ``meta.json``; ``COMPLETED`` is written last, then the temp directory is
-renamed into place. A directory without the marker is ignored on resume (and reported).
+CUDA), Python and NumPy generators, the batch sampler's position, whose order is a function
+of its seed, and under fp16 AMP the loss scaler's state) and ``meta.json``; ``COMPLETED`` is
+written last, then the temp directory is renamed into place. A directory without the marker
+is ignored on resume (and reported).
 Checkpoints fall on optimizer steps, so no gradient accumulation is ever in flight in one.
 """
 
@@ -46,7 +47,8 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_checkpoint(ckpt_root: Path, iteration: int, *, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, schedulers: list[Any],
                     extra: dict[str, Any] | None = None,
-                    sampler: dict[str, Any] | None = None) -> Path:
+                    sampler: dict[str, Any] | None = None,
+                    scaler: dict[str, Any] | None = None) -> Path:
     final = ckpt_root / f"iter_{iteration}"
     tmp = ckpt_root / f".iter_{iteration}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -54,7 +56,9 @@ def save_checkpoint(ckpt_root: Path, iteration: int, *, model: torch.nn.Module,
     save_file(trainable_state(model), tmp / "trainable.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save([s.state_dict() for s in schedulers], tmp / "scheduler.pt")
-    torch.save({**_rng_state(), **({"sampler": sampler} if sampler else {})}, tmp / "rng.pt")
+    state = {**_rng_state(), **({"sampler": sampler} if sampler else {}),
+             **({"scaler": scaler} if scaler else {})}
+    torch.save(state, tmp / "rng.pt")
     (tmp / "meta.json").write_text(json.dumps({"iteration": iteration, **(extra or {})}, indent=2))
     (tmp / MARKER).write_text("ok\n")
     shutil.rmtree(final, ignore_errors=True)

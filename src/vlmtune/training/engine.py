@@ -10,13 +10,14 @@ import inspect
 import logging
 import math
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from mmengine.model import BaseModel
-from mmengine.optim import OptimWrapper
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.runner import Runner
 from torch.utils.data import DataLoader, Dataset
 
@@ -24,6 +25,7 @@ from vlmtune.config.schema import TrainConfig
 from vlmtune.errors import ConfigError
 from vlmtune.progress import progress_bar
 from vlmtune.training import checkpoint as ckpt_io
+from vlmtune.training import precision as prec
 from vlmtune.training.hooks import CheckpointHook, ResumeHook, StepCallback, StepMetricsHook
 from vlmtune.training.packing import PackedCollator, PackedDataset, packing_error
 from vlmtune.training.sampler import (
@@ -42,11 +44,14 @@ class TrainResult:
 
 
 class _LossModel(BaseModel):
-    """Adapts a transformers model (returning ``.loss``) to mmengine's ``train_step``."""
+    """Adapts a transformers model (returning ``.loss``) to mmengine's ``train_step``; the
+    forward runs under autocast to ``autocast_dtype`` when one is given."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, *, device: str = "cpu",
+                 autocast_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.model = model
+        self._autocast = (device, autocast_dtype)
         # No KV cache while training (transformers builds one per forward unless told not to).
         params = inspect.signature(model.forward).parameters.values()
         takes = {p.name for p in params} | {"*" for p in params if p.kind == p.VAR_KEYWORD}
@@ -66,9 +71,10 @@ class _LossModel(BaseModel):
         if position_ids is not None:
             # Packed rows: without a 2-D mask the model isolates each sample by its positions.
             image_inputs["position_ids"], attention_mask = position_ids, None
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                         **self._no_cache, **image_inputs)
-        return {"loss": out.loss}
+        with prec.autocast(*self._autocast):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                             **self._no_cache, **image_inputs)
+        return {"loss": out.loss.float()}
 
     def init_weights(self) -> None:
         """The wrapped model is already initialised (or pretrained): never re-initialise it."""
@@ -96,17 +102,32 @@ def build_batch_sampler(dataset: Dataset, cfg: TrainConfig, start: int = 0) -> E
 
 def train(model: torch.nn.Module, *, dataset: Dataset, collate_fn, param_groups: list[dict],
           cfg: TrainConfig, work_dir: Path, checkpoint_dir: Path, on_step: StepCallback,
-          extra_meta: dict[str, Any] | None = None) -> TrainResult:
-    """Train ``model`` in place, resuming from the newest completed checkpoint if any.
+          extra_meta: dict[str, Any] | None = None, device: str = "cpu",
+          before_checkpoint: Callable[[int], None] | None = None) -> TrainResult:
+    """Train ``model`` in place on ``device``, resuming from the newest completed checkpoint.
 
     On resume the batch sampler starts where the checkpoint left off, so mmengine's replay of
-    the data loader up to that iteration loads nothing.
+    the data loader up to that iteration loads nothing. Trainable parameters are cast to fp32
+    first and stay so (master weights; ``training.precision``): cast them to the dtype to save
+    in afterwards. ``before_checkpoint(step)`` runs before each checkpoint is written (e.g. to
+    flush buffered metrics up to ``step``).
     """
+    precision = prec.resolve_precision(cfg.precision, device)
+    prec.keep_master_weights(model)
+    return _train(model, dataset, collate_fn, param_groups, cfg, work_dir, checkpoint_dir,
+                  on_step, extra_meta or {}, device, precision, before_checkpoint)
+
+
+def _train(model, dataset, collate_fn, param_groups, cfg, work_dir, checkpoint_dir, on_step,
+           extra_meta, device, precision, before_checkpoint) -> TrainResult:
+    amp = device.startswith("cuda") and precision != "fp32"  # mmengine's AMP wrapper autocasts
+    autocast = None if amp else prec.autocast_dtype(model, precision)
     if cfg.packing:
         if not hasattr(dataset, "modality_lengths"):
             raise ConfigError(f"train.packing=true needs a dataset that tells which samples are "
                               f"text-only (modality_lengths()); {type(dataset).__name__} does not")
-        dataset, collate_fn = _packed(model, dataset, collate_fn, cfg)
+        dataset, collate_fn = _packed(model, dataset, collate_fn, cfg,
+                                      autocast or prec.autocast_dtype(model, "fp32"))
     batch_sampler = build_batch_sampler(dataset, cfg)
     max_iters = total_iterations(cfg, len(batch_sampler))
     resume = ckpt_io.latest_checkpoint(checkpoint_dir)
@@ -123,20 +144,21 @@ def train(model: torch.nn.Module, *, dataset: Dataset, collate_fn, param_groups:
                         num_workers=cfg.num_workers,
                         generator=torch.Generator().manual_seed(cfg.seed))
     optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    clip = {"max_norm": cfg.max_grad_norm} if cfg.max_grad_norm else None
-    optim_wrapper = OptimWrapper(optimizer, accumulative_counts=cfg.grad_accum, clip_grad=clip)
+    log.info("train: precision %s on %s%s", precision, device,
+             f" (autocast to {autocast})" if autocast else "")
     with progress_bar("train", total=max_iters, completed=done) as bar:
         hooks = [StepMetricsHook(on_step, bar),
                  CheckpointHook(checkpoint_dir, cfg.save_every, cfg.keep_last_n, max_iters,
-                                extra_meta or {})]
+                                extra_meta, before_save=before_checkpoint)]
         if resume is not None:
             hooks.append(ResumeHook(resume))
-        runner = Runner(
-            model=_LossModel(model),
+        runner = _Runner(
+            device=device,
+            model=_LossModel(model, device=device, autocast_dtype=autocast),
             work_dir=str(work_dir),
             train_dataloader=loader,
             train_cfg={"by_epoch": False, "max_iters": max_iters, "val_interval": max_iters + 1},
-            optim_wrapper=optim_wrapper,
+            optim_wrapper=_optim_wrapper(optimizer, cfg, precision if amp else None),
             param_scheduler=_schedule(cfg, max_iters),
             # Our sampler is seeded per epoch itself: no DistSamplerSeedHook.
             default_hooks={"checkpoint": None, "sampler_seed": None,
@@ -152,12 +174,38 @@ def train(model: torch.nn.Module, *, dataset: Dataset, collate_fn, param_groups:
     return TrainResult(max_iters, resume.iteration if resume else None)
 
 
-def _packed(model: torch.nn.Module, dataset: Dataset, collate_fn, cfg: TrainConfig):
-    """The dataset with text-only samples packed, once the model is seen to keep them apart."""
+class _Runner(Runner):
+    """mmengine's Runner, moving the model to ``device`` (its own moves it to the first CUDA
+    device whenever one exists, whatever was asked)."""
+
+    def __init__(self, *, device: str, **kwargs: Any) -> None:
+        self._device = device
+        super().__init__(**kwargs)
+
+    def wrap_model(self, model_wrapper_cfg, model):
+        return model.to(self._device)  # the data preprocessor follows: batches go there too
+
+
+def _optim_wrapper(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                   amp_precision: str | None) -> OptimWrapper:
+    """Plain, or mmengine's AMP wrapper on CUDA: fp16 with dynamic loss scaling, bf16 (whose
+    range is fp32's) without."""
+    kwargs = {"optimizer": optimizer, "accumulative_counts": cfg.grad_accum,
+              "clip_grad": {"max_norm": cfg.max_grad_norm} if cfg.max_grad_norm else None}
+    if amp_precision is None:
+        return OptimWrapper(**kwargs)
+    scale = "dynamic" if amp_precision == "fp16" else {"enabled": False}
+    return AmpOptimWrapper(loss_scale=scale, dtype=prec.DTYPES[amp_precision], **kwargs)
+
+
+def _packed(model: torch.nn.Module, dataset: Dataset, collate_fn, cfg: TrainConfig,
+            autocast: torch.dtype | None):
+    """The dataset with text-only samples packed, once the model is seen to keep them apart
+    (checked on the CPU, before the model moves)."""
     packed = PackedDataset(dataset, cfg.max_length)
     first = next((item for item in packed.items if len(item) > 1), None)
     if first is not None:
-        loss_model = _LossModel(model)
+        loss_model = _LossModel(model, autocast_dtype=autocast)
         was_training = model.training
         loss_model.eval()
         error = packing_error(lambda batch: loss_model(**batch)["loss"],

@@ -49,14 +49,18 @@ class StepMetricsHook(Hook):
 
 
 class CheckpointHook(Hook):
-    """Every ``every`` iterations (and at the end): write a checkpoint, keep the last N."""
+    """Every ``every`` iterations (and at the end): write a checkpoint, keep the last N.
+
+    ``before_save(step)`` runs first (the pipeline flushes buffered step metrics there, so
+    every step a checkpoint covers has reached the tracker before the checkpoint exists).
+    """
 
     priority = "VERY_LOW"  # after the scheduler has stepped: saved state is the next step's
 
     def __init__(self, root: Path, every: int, keep_last_n: int, max_iters: int,
-                 extra: dict[str, Any]) -> None:
+                 extra: dict[str, Any], before_save: Callable[[int], None] | None = None) -> None:
         self.root, self.every, self.keep, self.max_iters = root, every, keep_last_n, max_iters
-        self.extra = extra
+        self.extra, self.before_save = extra, before_save
 
     def after_train_iter(self, runner, batch_idx: int, data_batch: Any = None,
                          outputs: dict | None = None) -> None:
@@ -68,18 +72,27 @@ class CheckpointHook(Hook):
             raise CheckpointError(f"iteration {step} is not an optimizer step (grad_accum "
                                   f"{optim_wrapper._accumulative_counts}): refusing to save "
                                   "a checkpoint with gradients still accumulating")
+        if self.before_save is not None:
+            self.before_save(step)
         model = runner.model.model
         sampler = runner.train_loop.dataloader.batch_sampler
         path = ckpt_io.save_checkpoint(self.root, step, model=model,
                                        optimizer=optim_wrapper.optimizer,
                                        schedulers=_schedulers(runner), extra=self.extra,
-                                       sampler=_sampler_state(sampler, step))
+                                       sampler=_sampler_state(sampler, step),
+                                       scaler=_scaler_state(optim_wrapper))
         pruned = ckpt_io.prune_checkpoints(self.root, self.keep)
         log.info("saved %s%s", path, f" (pruned {len(pruned)})" if pruned else "")
 
 
 def _sampler_state(sampler: Any, step: int) -> dict[str, Any] | None:
     return sampler.state(step) if hasattr(sampler, "state") else None
+
+
+def _scaler_state(optim_wrapper: Any) -> dict[str, Any] | None:
+    """The fp16 loss scaler's state (AMP only; a disabled scaler has none)."""
+    scaler = getattr(optim_wrapper, "loss_scaler", None)
+    return (scaler.state_dict() or None) if scaler is not None else None
 
 
 class ResumeHook(Hook):
@@ -102,6 +115,9 @@ class ResumeHook(Hook):
         ckpt_io.load_trainable(runner.model.model, path)
         self._rng = ckpt_io.load_training_state(path, optimizer=runner.optim_wrapper.optimizer,
                                                 schedulers=_schedulers(runner))
+        scaler = self._rng.pop("scaler", None)
+        if scaler is not None and getattr(runner.optim_wrapper, "loss_scaler", None) is not None:
+            runner.optim_wrapper.loss_scaler.load_state_dict(scaler)
         saved = self._rng.pop("sampler", None)
         current = _sampler_state(runner.train_loop.dataloader.batch_sampler, step)
         if saved is not None and saved != current:
