@@ -82,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
 def _check_command_line(args: list[str]) -> None:
     """Unknown keys and group choices (sweeps too) as one-line errors; without ``-m`` the
     recipe is also composed once, so Hydra's own errors (a value of the wrong type) read the
-    same way."""
+    same way, and the tracking server is asked for before the heavy imports."""
     from vlmtune.config import compose_recipe
     from vlmtune.config.strict import check_overrides
+    from vlmtune.tracking.probe import check_reachable
 
     overrides, skip = [], False
     for arg in args:
@@ -95,7 +96,9 @@ def _check_command_line(args: list[str]) -> None:
             overrides.append(arg)
     check_overrides(overrides)
     if not any(a in MULTIRUN_FLAGS for a in args):
-        compose_recipe(overrides)
+        cfg = compose_recipe(overrides)
+        if cfg.tracking.enabled:
+            check_reachable(str(cfg.tracking.uri))
 
 
 def _task_overrides() -> list[str]:

@@ -72,11 +72,15 @@ def run_key(recipe: RecipeConfig, data_fingerprint: str,
     :data:`RUN_KEY_EXCLUDES`, the data, and the model's identity (its files, see
     ``vlmtune.pipelines.inputs.model_identity``; by default its normalised path)."""
     flat = {k: v for k, v in flatten(to_container(recipe)).items() if not _excluded(k)}
-    model = model_identity or {"path": os.path.normpath(os.path.abspath(
-        os.path.expanduser(recipe.model.path)))}
+    flat["dataset.root"] = _normalised(recipe.dataset.root)  # the data enters by content too
+    model = model_identity or {"path": _normalised(recipe.model.path)}
     payload = json.dumps({"config": flat, "data": data_fingerprint, "model": model},
                          sort_keys=True, default=str)
     return hashlib.blake2b(payload.encode(), digest_size=5).hexdigest()
+
+
+def _normalised(path: str) -> str:
+    return os.path.normpath(os.path.abspath(os.path.expanduser(path)))
 
 
 def _excluded(key: str) -> bool:

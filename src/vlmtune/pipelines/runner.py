@@ -63,9 +63,9 @@ def run_pipeline(recipe: RecipeConfig, stages: list[str] | None = None, *,
     process holding the run directory instead of refusing.
     """
     stages = list(stages or recipe.pipeline.stages)
-    preflight(recipe, stages)
     if recipe.tracking.enabled:
         check_reachable(recipe.tracking.uri)
+    preflight(recipe, stages)
     where = locate_run(recipe)
     with run_lock(where.run_dir, wait=wait), _log_to(where.run_dir / "logs" / "vlmtune.log"):
         tracker = open_tracker(recipe.tracking.enabled, recipe.tracking.uri,

@@ -1,13 +1,22 @@
-"""Experiment tracking seam: the only package that imports mlflow."""
+"""Experiment tracking seam: the only package that imports mlflow.
 
-from vlmtune.tracking.tracker import (
-    MlflowTracker,
-    NullTracker,
-    StepMetrics,
-    Tracker,
-    check_reachable,
-    open_tracker,
-)
+Names are loaded on first use, so ``vlmtune.tracking.probe`` (standard library only) does not
+pay for importing mlflow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlmtune.tracking.probe import check_reachable
 
 __all__ = ["MlflowTracker", "NullTracker", "StepMetrics", "Tracker", "check_reachable",
            "open_tracker"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from vlmtune.tracking import tracker
+
+        return getattr(tracker, name)
+    raise AttributeError(f"module 'vlmtune.tracking' has no attribute {name!r}")
