@@ -1,13 +1,18 @@
 """Multiple-choice accuracy: by choice log-likelihood, or by greedy generation + letter parse.
 
 Likelihood: each option's answer text (as training renders it, e.g. ``B) 饺子`` + end marker)
-is scored by its summed token log-probability after the prompt; the best one is the answer.
+is scored by its summed token log-probability after the prompt; the best one is the answer
+(each prediction row also keeps the per-token mean). The prompt (system + question + image) is
+run once per item with a KV cache, and every option's continuation is scored from that cache
+in one batch, so each image is encoded once per item, not once per option. A model whose
+forward needs the pixels on every call (BLIP-2's Q-Former prefix) scores each option whole.
 Generation: the FoodieQA authors' parse, the first of the item's letters in the output; an
 output without one is counted as ``unparsed`` and wrong (not replaced by a random letter).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections import defaultdict
@@ -86,9 +91,13 @@ class MultipleChoiceScorer:
                             image_blocks=encoded.blocks, system=self.system)
         return ids, encoded.tensors
 
+    def _device(self) -> torch.device:
+        return next(self.lm.model.parameters()).device
+
     def _image_inputs(self, parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         joined = self.lm.images.collate([p for p in parts if p])
-        return {k: v.to(self.lm.model.dtype) if v.is_floating_point() else v
+        dtype, device = self.lm.model.dtype, self._device()
+        return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
                 for k, v in joined.items()}
 
     @torch.no_grad()
@@ -97,14 +106,44 @@ class MultipleChoiceScorer:
         with progress_bar(f"eval {label} (likelihood)", total=len(items)) as bar:
             for start in range(0, len(items), batch_size):
                 chunk = items[start:start + batch_size]
-                scores = self._score_chunk(chunk)
-                for item, item_scores in zip(chunk, scores, strict=True):
-                    best = max(range(len(item_scores)), key=item_scores.__getitem__)
-                    preds.append(_prediction(item, best, scores=item_scores))
+                if _needs_pixels_every_call(self.lm.model):
+                    scores = self._score_whole(chunk)
+                else:
+                    scores = [self._score_cached(item) for item in chunk]
+                for item, token_logps in zip(chunk, scores, strict=True):
+                    sums = [float(t.sum()) for t in token_logps]
+                    best = max(range(len(sums)), key=sums.__getitem__)
+                    preds.append(_prediction(item, best, scores=sums,
+                                             mean_scores=[float(t.mean()) for t in token_logps]))
                 bar.update(advance=len(chunk))
         return preds
 
-    def _score_chunk(self, chunk: list[MCItem]) -> list[list[float]]:
+    def _score_cached(self, item: MCItem) -> list[torch.Tensor]:
+        """Each option's token log-probabilities: the prompt once (with the image, cached),
+        then every option's continuation from the cache, in one batch."""
+        prompt, tensors = self._prompt(item)
+        replies = [encode_reply(self.tok, item.reply(i), self.template)
+                   for i in range(len(item.choices))]
+        device = self._device()
+        prefix = torch.tensor([prompt], device=device)
+        out = self.lm.model(input_ids=prefix, attention_mask=torch.ones_like(prefix),
+                            use_cache=True, **self._image_inputs([tensors]))
+        first = F.log_softmax(out.logits[0, -1].float(), dim=-1)  # each reply's first token
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(len(replies))
+        # Right-padded and causal: no real token sees the padding after it, so no mask is
+        # needed (and positions follow the cache, as in generation, for every family).
+        ids = _pad(replies, self.tok.pad_token_id, left=False)[0].to(device)
+        logits = self.lm.model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+        scores = []
+        for row, reply in enumerate(replies):
+            rest = _token_logps(logits[row, :len(reply) - 1], ids[row, 1:len(reply)])
+            scores.append(torch.cat([first[reply[0]].reshape(1).cpu(), rest]))
+        return scores
+
+    def _score_whole(self, chunk: list[MCItem]) -> list[list[torch.Tensor]]:
+        """Each option's token log-probabilities, from prompt + option run whole (the image is
+        encoded once per option)."""
         seqs, spans, parts, owners = [], [], [], []
         for k, item in enumerate(chunk):
             prompt, tensors = self._prompt(item)
@@ -115,14 +154,14 @@ class MultipleChoiceScorer:
                 owners.append(k)
                 parts.append(tensors)
         input_ids, attention = _pad(seqs, self.tok.pad_token_id, left=False)
-        logits = self.lm.model(input_ids=input_ids, attention_mask=attention,
+        device = self._device()
+        input_ids = input_ids.to(device)
+        logits = self.lm.model(input_ids=input_ids, attention_mask=attention.to(device),
                                **self._image_inputs(parts)).logits
-        scores: list[list[float]] = [[] for _ in chunk]
+        scores: list[list[torch.Tensor]] = [[] for _ in chunk]
         for row, ((p_len, r_len), owner) in enumerate(zip(spans, owners, strict=True)):
-            step_logits = logits[row, p_len - 1:p_len - 1 + r_len].float()
-            targets = input_ids[row, p_len:p_len + r_len]
-            logp = F.log_softmax(step_logits, dim=-1).gather(1, targets[:, None]).sum()
-            scores[owner].append(float(logp))
+            scores[owner].append(_token_logps(logits[row, p_len - 1:p_len - 1 + r_len],
+                                              input_ids[row, p_len:p_len + r_len]))
         return scores
 
     @torch.no_grad()
@@ -138,8 +177,9 @@ class MultipleChoiceScorer:
                             tensors) for item, (ids, tensors) in zip(chunk, prompts, strict=True)]
                 input_ids, attention = _pad([p for p, _ in prompts], self.tok.pad_token_id,
                                             left=True)
+                device = self._device()
                 out = self.lm.model.generate(
-                    input_ids=input_ids, attention_mask=attention,
+                    input_ids=input_ids.to(device), attention_mask=attention.to(device),
                     **self._image_inputs([t for _, t in prompts]),
                     max_new_tokens=max_new_tokens, do_sample=False,
                     pad_token_id=self.tok.pad_token_id,
@@ -172,6 +212,19 @@ def _prediction(item: MCItem, pred: int | None, **extra: Any) -> dict:
             "answer": item.letters[item.answer],
             "pred": None if pred is None else item.letters[pred],
             "correct": pred == item.answer, **extra}
+
+
+def _token_logps(step_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target_t | ...) per position, in fp32, on the CPU."""
+    logp = F.log_softmax(step_logits.float(), dim=-1)
+    return logp.gather(1, targets[:, None])[:, 0].cpu()
+
+
+def _needs_pixels_every_call(model: Any) -> bool:
+    """Whether the model's forward requires ``pixel_values`` (so no call can reuse a cache)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    param = inspect.signature(base.forward).parameters.get("pixel_values")
+    return param is not None and param.default is inspect.Parameter.empty
 
 
 def _pad(seqs: list[list[int]], pad_id: int, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
