@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -74,25 +75,43 @@ def merge_checkpoint(base_dir: Path, adapter_dir: Path, out: Path, *,
 def merge_weights(base_dir: Path, adapter: Adapter, out_dir: Path, *,
                   max_shard_size: int | str = "2GB", device: str = "auto") -> MergeResult:
     """Stream ``base_dir``'s shards through the adapter into ``out_dir``'s shards."""
-    dev = resolve_device(device)
-    names = StoredNames(tensor_names(base_dir))
-    pairs = {names.resolve(k): v for k, v in adapter.pairs.items()}
-    replaced = {names.resolve(k): v for k, v in adapter.replaced.items()}
+    patch = AdapterPatch(adapter, tensor_names(base_dir), device)
     writer = ShardWriter(out_dir, max_shard_size)
     for _file, tensors in iter_shards(base_dir):
         for name, tensor in tensors.items():
-            if name in replaced:
-                tensor = replaced.pop(name).to(tensor.dtype)
-            elif name in pairs:
-                tensor = apply_delta(tensor, pairs.pop(name).delta(dev))
-            writer.add(name, tensor)
+            writer.add(name, patch(name, tensor))
         writer.flush()  # never let an output shard span two input shards
         del tensors
-    if pairs or replaced:
-        raise CheckpointError(f"adapter tensors found no base weight: {sorted(pairs)[:3]}"
-                              f"{sorted(replaced)[:3]}")
+    patch.finish()
     shards = writer.close()
     return MergeResult(Path(out_dir), shards, len(adapter.pairs), len(adapter.replaced))
+
+
+class AdapterPatch:
+    """``(stored name, tensor) → tensor``: the adapter's update applied where it targets."""
+
+    def __init__(self, adapter: Adapter, stored: Iterable[str], device: str = "auto") -> None:
+        names = StoredNames(stored)
+        self.device = resolve_device(device)
+        self.pairs = {names.resolve(k): v for k, v in adapter.pairs.items()}
+        self.replaced = {names.resolve(k): v for k, v in adapter.replaced.items()}
+
+    def __call__(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        if name in self.replaced:
+            new = self.replaced.pop(name)
+            if tuple(new.shape) != tuple(tensor.shape):
+                raise CheckpointError(f"replacement for {name!r} has shape {tuple(new.shape)}, "
+                                      f"the base {tuple(tensor.shape)}")
+            return new.to(tensor.dtype)
+        if name in self.pairs:
+            return apply_delta(tensor, self.pairs.pop(name).delta(self.device))
+        return tensor
+
+    def finish(self) -> None:
+        """Every adapter tensor must have found its base weight."""
+        if self.pairs or self.replaced:
+            raise CheckpointError(f"adapter tensors found no base weight: "
+                                  f"{sorted(self.pairs)[:3]}{sorted(self.replaced)[:3]}")
 
 
 def apply_delta(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,9 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Protocol
+
+import torch
 
 from vlmtune.convert.merge import copy_side_files
 from vlmtune.convert.official_config import (
@@ -30,6 +33,14 @@ from vlmtune.convert.tokenizer import convert_tokenizer
 from vlmtune.errors import CheckpointError
 
 log = logging.getLogger(__name__)
+
+
+class Patch(Protocol):
+    def __call__(self, name: str, tensor: torch.Tensor) -> torch.Tensor: ...
+
+    def finish(self) -> None: ...
+
+
 IMG_CONTEXT = "<IMG_CONTEXT>"
 SOURCE_RECORD = "vlmtune_source.json"
 
@@ -50,8 +61,11 @@ def require_official(model_dir: Path) -> dict:
 
 
 def to_native_dir(src: Path, out: Path, *, force: bool = False,
-                  max_shard_size: int | str = "2GB") -> Path:
-    """``vlmtune checkpoint to-hf``: official ``src`` → transformers-native ``out``."""
+                  max_shard_size: int | str = "2GB", patch: Patch | None = None) -> Path:
+    """``vlmtune checkpoint to-hf``: official ``src`` → transformers-native ``out``.
+
+    ``patch`` (e.g. a merged xtuner LoRA) rewrites official tensors before they are renamed.
+    """
     src, out = Path(src), Path(out)
     config = require_official(src)
     with staged_output(out, force=force) as tmp:
@@ -59,7 +73,8 @@ def to_native_dir(src: Path, out: Path, *, force: bool = False,
         image_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
         if image_token_id is None or image_token_id == tokenizer.unk_token_id:
             raise CheckpointError(f"{src}: the tokenizer has no {IMG_CONTEXT} token")
-        write_native_weights(src, tmp, Layout.from_official_config(config), max_shard_size)
+        write_native_weights(src, tmp, Layout.from_official_config(config), max_shard_size,
+                             patch)
         native = native_config(config, image_token_id)
         (tmp / "config.json").write_text(json.dumps(native, indent=2) + "\n")
         _write_processing(config, tmp)
@@ -73,11 +88,14 @@ def to_native_dir(src: Path, out: Path, *, force: bool = False,
 
 
 def write_native_weights(src: Path, out_dir: Path, layout: Layout,
-                         max_shard_size: int | str = "2GB") -> list[str]:
+                         max_shard_size: int | str = "2GB", patch: Patch | None = None
+                         ) -> list[str]:
     writer = ShardWriter(out_dir, max_shard_size)
     embedding, has_head = None, False
     for _file, tensors in iter_shards(src):
         for name, tensor in tensors.items():
+            if patch is not None:
+                tensor = patch(name, tensor)
             for new, value in to_native(name, tensor, layout):
                 has_head |= new == "lm_head.weight"
                 if new == "model.language_model.embed_tokens.weight":
@@ -88,6 +106,8 @@ def write_native_weights(src: Path, out_dir: Path, layout: Layout,
         if embedding is None:
             raise CheckpointError(f"{src} has neither an output head nor token embeddings")
         writer.add("lm_head.weight", embedding.clone())
+    if patch is not None:
+        patch.finish()
     return writer.close()
 
 
@@ -138,3 +158,20 @@ def write_official_weights(src: Path, out_dir: Path, layout: Layout, *, keep: se
         writer.flush()
     namer.finish()
     return writer.close()
+
+
+def patched_official_dir(base: Path, out: Path, patch: Patch, *, force: bool = False,
+                         max_shard_size: int | str = "2GB") -> Path:
+    """The official ``base`` with ``patch`` applied to its tensors, in the official layout."""
+    base, out = Path(base), Path(out)
+    require_official(base)
+    with staged_output(out, force=force) as tmp:
+        copy_side_files(base, tmp)
+        writer = ShardWriter(tmp, max_shard_size)
+        for _file, tensors in iter_shards(base):
+            for name, tensor in tensors.items():
+                writer.add(name, patch(name, tensor))
+            writer.flush()
+        patch.finish()
+        writer.close()
+    return out
