@@ -200,6 +200,10 @@ def ingest_dataset(
         if cache is not None:
             cache.store(key, work)
         publish_files(work, out_dir)
+    except DataError as err:
+        if err.reason != "empty_split" or not (work / REJECTED).is_file():
+            raise
+        raise _with_rejected(err, work / REJECTED, out_dir) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return IngestResult(out_dir, manifest, cache_hit=False)
@@ -211,7 +215,8 @@ def _prepare(cfg: DatasetConfig, source: Source, work: Path, fingerprint: str, k
     limits = ImageLimits(cfg.min_image_side, cfg.max_image_side, cfg.max_image_pixels)
     max_tokens = cfg.max_tokens if count_tokens is not None else None
     validator = RecordValidator(source.image_root, limits=limits, max_tokens=max_tokens,
-                                count_tokens=count_tokens)
+                                count_tokens=count_tokens, dataset_root=source.root,
+                                image_dir=cfg.image_dir)
     splitter = Splitter(cfg, source.root)
     read = unassigned = 0
     with (DropLog(work / REJECTED) as drops, SplitWriter(work) as writer,
@@ -369,6 +374,17 @@ def _read_split_file(path: Path) -> dict[str, str]:
                 raise DataError(f"id {rid!r} is listed in both splits", reason="bad_record",
                                 file=file)
     return sides
+
+
+def _with_rejected(err: DataError, rejected: Path, out_dir: Path) -> DataError:
+    """The empty-split error, after publishing the drops that caused it to ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / REJECTED
+    shutil.copyfile(rejected, target)
+    new = DataError(f"{_bare(err)}; every dropped record and its reason: {target}",
+                    reason=err.reason, file=err.file, line=err.line, hint=err.hint)
+    new.detail = _bare(err)
+    return new
 
 
 def _bare(err: DataError) -> str:

@@ -45,6 +45,8 @@ def fingerprint_source(
         if not ref or "\0" in ref or os.path.isabs(ref) or ".." in parts:
             continue
         path = Path(image_root) / ref
+        if not path.exists() and (Path(root) / ref).is_file():  # a path repeating image_dir
+            path = Path(root) / ref
         if not Path(os.path.realpath(path)).is_relative_to(real_root):
             continue
         rel_images.append(Path(os.path.relpath(path, root)).as_posix())

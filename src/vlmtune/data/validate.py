@@ -73,17 +73,20 @@ HINTS = {
 class Problem(Exception):
     """A record's problem before it is located; ``at(file, line)`` makes the DataError."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, hint: str | None = None) -> None:
         super().__init__(message)
-        self.reason, self.message = reason, message
+        self.reason, self.message, self.hint = reason, message, hint
 
     def at(self, file: str | None, line: int | None) -> DataError:
-        return reject(self.reason, self.message, file=file, line=line)
+        return reject(self.reason, self.message, file=file, line=line, hint=self.hint)
 
 
-def reject(reason: str, message: str, *, file: str | None, line: int | None) -> DataError:
-    """A DataError with the reason's hint; ``.detail`` keeps the bare message for drop logs."""
-    err = DataError(message, reason=reason, file=file, line=line, hint=HINTS.get(reason))
+def reject(reason: str, message: str, *, file: str | None, line: int | None,
+           hint: str | None = None) -> DataError:
+    """A DataError with the reason's hint (or ``hint``); ``.detail`` keeps the bare message
+    for drop logs."""
+    err = DataError(message, reason=reason, file=file, line=line,
+                    hint=hint or HINTS.get(reason))
     err.detail = message
     return err
 
@@ -126,7 +129,13 @@ def _answer_index(value: object, num_choices: int | None) -> int | None:
 
 
 class RecordValidator:
-    """Checks records one by one; remembers ids (for ``duplicate_id``) and image verdicts."""
+    """Checks records one by one; remembers ids (for ``duplicate_id``) and image verdicts.
+
+    ``image_dir`` (``dataset.image_dir``, the image root's path inside ``dataset_root``): a
+    record path that already starts with it (``images/x.png`` with ``image_dir=images``) and is
+    missing under the image root is found under the dataset root and rewritten relative to the
+    image root; a path found only elsewhere under the dataset root gets a hint naming the key.
+    """
 
     def __init__(
         self,
@@ -135,10 +144,14 @@ class RecordValidator:
         limits: ImageLimits | None = None,
         max_tokens: int | None = None,
         count_tokens: Callable[[dict], int] | None = None,
+        dataset_root: Path | None = None,
+        image_dir: str = "",
     ) -> None:
         if max_tokens is not None and count_tokens is None:
             raise ConfigError("max_tokens needs count_tokens to measure records")
         self.root = Path(image_root).resolve()
+        self.dataset_root = Path(dataset_root).resolve() if dataset_root is not None else None
+        self.image_dir = [p for p in re.split(r"[\\/]", image_dir) if p not in ("", ".")]
         self.limits = limits or ImageLimits()
         self.max_tokens, self.count_tokens = max_tokens, count_tokens
         self._seen: set[str] = set()
@@ -185,17 +198,21 @@ class RecordValidator:
         if rid in self._seen:
             raise Problem("duplicate_id", f"id {rid!r} was already used by an earlier record")
 
-        resolved = [self._inside_root(rel) for rel in images]
-        for rel, path in zip(images, resolved, strict=True):
-            verdict = self._verdicts.get(path, ...)
-            if verdict is ...:
-                verdict = self._verdicts[path] = self._image_problem(path)
+        refs = []
+        for rel in images:
+            path = self._inside_root(rel)
+            verdict = self._verdict(path)
+            used = rel
+            if verdict is not None and verdict.reason == "missing_image":
+                used, path, verdict = self._beside_image_dir(rel, path, verdict)
             if verdict is not None:
-                raise Problem(verdict.reason, f"image {rel!r}: {verdict.message}")
+                raise Problem(verdict.reason, f"image {rel!r} (tried {path}): {verdict.message}",
+                              verdict.hint)
+            refs.append(used)
 
         out = {"id": rid}
         if images:
-            out["image"] = record["image"]
+            out["image"] = refs[0] if isinstance(record["image"], str) else refs
         out["conversations"] = turns
         out["meta"] = meta
         out.update((k, v) for k, v in record.items() if k not in RECORD_KEYS)
@@ -205,6 +222,34 @@ class RecordValidator:
                 raise Problem("too_long", f"{n} tokens > max_tokens={self.max_tokens}")
         self._seen.add(rid)
         return out
+
+    def _verdict(self, path: Path) -> Problem | None:
+        verdict = self._verdicts.get(path, ...)
+        if verdict is ...:
+            verdict = self._verdicts[path] = self._image_problem(path)
+        return verdict
+
+    def _beside_image_dir(self, rel: str, tried: Path,
+                          verdict: Problem) -> tuple[str, Path, Problem | None]:
+        """A missing image looked up under the dataset root: (path to keep, file, verdict)."""
+        if self.dataset_root is None or not self.image_dir:
+            return rel, tried, verdict
+        parts = [p for p in re.split(r"[\\/]", rel) if p not in ("", ".")]
+        k = len(self.image_dir)
+        if parts[:k] == self.image_dir and len(parts) > k:  # the record repeats image_dir
+            stripped = "/".join(parts[k:])
+            path = self._inside_root(stripped)
+            found = self._verdict(path)
+            if found is None or found.reason != "missing_image":
+                return stripped, path, found
+        alt = (self.dataset_root / rel).resolve()
+        if alt.is_relative_to(self.dataset_root) and alt.is_file():
+            image_dir = "/".join(self.image_dir)
+            return rel, tried, Problem(
+                "missing_image", f"not found there, but {alt} exists",
+                hint=f"image paths are relative to dataset.image_dir={image_dir!r}; set "
+                "dataset.image_dir='' if the records' paths are relative to dataset.root")
+        return rel, tried, verdict
 
     def _inside_root(self, rel: str) -> Path:
         """The resolved path of an image, or path_escape; opens nothing."""
@@ -218,9 +263,11 @@ class RecordValidator:
         try:
             path = (self.root / rel).resolve()
         except (OSError, RuntimeError, ValueError) as err:  # symlink loops, odd names
-            raise Problem("missing_image", f"image {rel!r} cannot be resolved ({err})") from None
+            raise Problem("missing_image", f"image {rel!r} under {self.root} cannot be "
+                          f"resolved ({err})") from None
         if not path.is_relative_to(self.root):
-            raise Problem("path_escape", f"image {rel!r} resolves outside the image root")
+            raise Problem("path_escape", f"image {rel!r} resolves to {path}, outside the image "
+                          f"root {self.root}")
         return path
 
     def _image_problem(self, path: Path) -> Problem | None:
