@@ -1,10 +1,14 @@
-"""Exact resume after SIGKILL: a killed and resumed run logs the losses of an uninterrupted one.
+"""Exact resume after SIGKILL: a killed and resumed run logs the losses of an uninterrupted one,
+and MLflow gets every step exactly once.
 
-The training job is this file run as a script (``python test_resume_kill.py ROOT [STALL]``):
-a tiny dropout model on token samples of two modalities and varied lengths, length-grouped
-batches, grad_accum 2, trained through ``vlmtune.training.engine.train``; each step's loss is
-appended to ``ROOT/losses.jsonl``; at step STALL the job sleeps, to be killed there.
-Three fresh interpreters import torch + mmengine: ~17 s here (up to ~35 s on a loaded machine).
+The training job is this file run as a script (``python test_resume_kill.py ROOT [STALL
+[FLUSH_AT]]``): a tiny dropout model on token samples of two modalities and varied lengths,
+length-grouped batches, grad_accum 2, trained through ``vlmtune.training.engine.train``; each
+step's loss is appended to ``ROOT/losses.jsonl``; at step STALL the job sleeps, to be killed
+there. With ``MLFLOW_URI`` set, the steps also go to that MLflow store through
+``StepMetrics`` as the train stage wires it (flushed before every checkpoint; its 5 s timer
+replaced by one flush at step FLUSH_AT, so what is buffered at the kill is known).
+Four fresh interpreters import torch + mmengine: ~25 s here (more on a loaded machine).
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ def collate(rows: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": (labels != -100).long(), "labels": labels}
 
 
-def job(root: Path, stall_at: int | None) -> None:
+def job(root: Path, stall_at: int | None, flush_at: int | None) -> None:
     from safetensors.torch import save_file
 
     from vlmtune.config.schema import TrainConfig
@@ -81,27 +85,52 @@ def job(root: Path, stall_at: int | None) -> None:
     cfg = TrainConfig(lr=2e-2, batch_size=3, grad_accum=2, max_iters=MAX_ITERS,
                       save_every=SAVE_EVERY, keep_last_n=KEEP, warmup_ratio=0.25)
     losses = (root / "losses.jsonl").open("a")
+    sink = mlflow_steps(root)
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         losses.write(json.dumps({"step": step, "loss": metrics["train/loss"]}) + "\n")
         losses.flush()
+        if sink is not None:
+            sink(step, metrics)
+            if step == flush_at:
+                sink.flush()  # as the 5 s timer would
         if step == stall_at:
-            time.sleep(600)  # mid-accumulation: the test kills the job here
+            time.sleep(600)  # the test kills the job here
 
     train(model, dataset=Samples(), collate_fn=collate,
           param_groups=[{"params": list(model.parameters())}], cfg=cfg,
-          work_dir=root / "logs", checkpoint_dir=root / "checkpoints", on_step=on_step)
+          work_dir=root / "logs", checkpoint_dir=root / "checkpoints", on_step=on_step,
+          before_checkpoint=sink and (lambda step: sink.flush()))
+    if sink is not None:
+        sink.flush()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},
               root / "final.safetensors")
+
+
+def mlflow_steps(root: Path):
+    """StepMetrics into the MLflow store at $MLFLOW_URI, reopening the run of ROOT/run_id."""
+    if "MLFLOW_URI" not in os.environ:
+        return None
+    from vlmtune.tracking import MlflowTracker, StepMetrics
+
+    tracker = MlflowTracker(os.environ["MLFLOW_URI"], "kill")
+    id_file = root / "run_id"
+    run_id = tracker.start("kill", run_id=id_file.read_text() if id_file.exists() else None)
+    id_file.write_text(run_id)
+    return StepMetrics(tracker, every_s=3600)
 
 
 # --- the test --------------------------------------------------------------------------------
 
 
-def start(root: Path, stall_at: int | None = None) -> subprocess.Popen:
+def start(root: Path, stall_at: int | None = None, flush_at: int | None = None,
+          mlflow_uri: str | None = None) -> subprocess.Popen:
     root.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, __file__, str(root)] + ([str(stall_at)] if stall_at else [])
+    args = [sys.executable, __file__, str(root), str(stall_at or 0), str(flush_at or 0)]
     env = {**os.environ, "VLMTUNE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}  # fastest for tiny
+    env.pop("MLFLOW_URI", None)
+    if mlflow_uri:
+        env["MLFLOW_URI"] = mlflow_uri
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -123,48 +152,75 @@ def checkpoints(root: Path) -> list[str]:
                   key=lambda n: int(n.split("_")[-1].split(".")[0]))
 
 
+def kill_when(proc: subprocess.Popen, root: Path, checkpoint: int, step: int) -> str:
+    """SIGKILL ``proc`` once checkpoint ``iter_<checkpoint>`` is complete and ``step`` logged."""
+    deadline = time.monotonic() + 90
+    marker = root / "checkpoints" / f"iter_{checkpoint}" / "COMPLETED"
+    while not (marker.exists() and step in losses(root)):
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, f"the job did not reach step {step}"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    return out
+
+
+def mlflow_losses(uri: str, root: Path) -> list[tuple[int, float]]:
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient(uri).get_metric_history((root / "run_id").read_text(), "train/loss")
+    return sorted((m.step, m.value) for m in history)
+
+
 def test_sigkill_mid_accumulation_then_resume_matches_an_uninterrupted_run(tmp_path):
     from safetensors.torch import load_file
 
-    # A (uninterrupted) runs beside B (killed after step KILL_AFTER + 1, mid-accumulation).
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    b_root = tmp_path / "b"
+    # A (uninterrupted) runs beside B, killed after step KILL_AFTER + 1 (mid-accumulation),
+    # with nothing flushed to MLflow after the checkpoint at KILL_AFTER.
     a = start(tmp_path / "a")
-    b = start(tmp_path / "b", stall_at=KILL_AFTER + 1)
-    deadline = time.monotonic() + 90
-    marker = tmp_path / "b" / "checkpoints" / f"iter_{KILL_AFTER}" / "COMPLETED"
-    while not (marker.exists() and KILL_AFTER + 1 in losses(tmp_path / "b")):
-        assert b.poll() is None, b.communicate()[0]
-        assert time.monotonic() < deadline, "job B did not reach its stall point"
-        time.sleep(0.05)
-    os.kill(b.pid, signal.SIGKILL)
-    b.communicate(timeout=30)
-    assert b.returncode == -signal.SIGKILL
+    kill_when(start(b_root, stall_at=KILL_AFTER + 1, mlflow_uri=uri), b_root, KILL_AFTER,
+              KILL_AFTER + 1)
     finish(a)
-    assert sorted(losses(tmp_path / "b")) == list(range(1, KILL_AFTER + 2))
-    assert checkpoints(tmp_path / "b") == ["iter_4", "iter_8"]
+    assert sorted(losses(b_root)) == list(range(1, KILL_AFTER + 2))
+    assert checkpoints(b_root) == ["iter_4", "iter_8"]
+    # flushed before each checkpoint: 1..8 reached MLflow; 9 was still buffered
+    assert [s for s, _ in mlflow_losses(uri, b_root)] == list(range(1, KILL_AFTER + 1))
 
     # A save killed before its marker: newer, but must be skipped (and reported).
-    shutil.copytree(tmp_path / "b/checkpoints/iter_8", tmp_path / "b/checkpoints/iter_12")
-    (tmp_path / "b/checkpoints/iter_12/COMPLETED").unlink()
+    shutil.copytree(b_root / "checkpoints/iter_8", b_root / "checkpoints/iter_12")
+    (b_root / "checkpoints/iter_12/COMPLETED").unlink()
 
-    out = finish(start(tmp_path / "b"))
+    # Resumed from iter_8, killed again at step 14 after a flush at step 13 (past iter_12).
+    out = kill_when(start(b_root, stall_at=14, flush_at=13, mlflow_uri=uri), b_root, 12, 14)
     assert "ignoring" in out and "iter_12" in out and "no COMPLETED marker" in out, out
+    assert [s for s, _ in mlflow_losses(uri, b_root)] == list(range(1, 14))
 
-    full, resumed = losses(tmp_path / "a"), losses(tmp_path / "b")
+    finish(start(b_root, mlflow_uri=uri))  # resumes from iter_12: step 13 is trained again
+
+    full, resumed = losses(tmp_path / "a"), losses(b_root)
     assert sorted(full) == list(range(1, MAX_ITERS + 1))
     assert len(set(full.values())) == MAX_ITERS  # dropout: no two steps alike
-    # B logged 1..9 before the kill, then 9..16 again from iter_8: step 9 is redone
-    lines = [json.loads(x)["step"] for x in (tmp_path / "b/losses.jsonl").read_text().splitlines()]
-    assert lines == list(range(1, KILL_AFTER + 2)) + list(range(KILL_AFTER + 1, MAX_ITERS + 1))
+    # B logged 1..9, then 9..14 from iter_8, then 13..16 from iter_12
+    lines = [json.loads(x)["step"] for x in (b_root / "losses.jsonl").read_text().splitlines()]
+    assert lines == [*range(1, 10), *range(9, 15), *range(13, MAX_ITERS + 1)]
     for step in range(1, MAX_ITERS + 1):
         assert abs(resumed[step] - full[step]) <= 1e-5, (step, resumed[step], full[step])
+    # MLflow: every step exactly once, each the uninterrupted run's loss
+    logged = mlflow_losses(uri, b_root)
+    assert [s for s, _ in logged] == list(range(1, MAX_ITERS + 1))
+    for step, value in logged:
+        assert abs(value - full[step]) <= 1e-5, (step, value, full[step])
     final_a = load_file(tmp_path / "a" / "final.safetensors")
-    final_b = load_file(tmp_path / "b" / "final.safetensors")
+    final_b = load_file(b_root / "final.safetensors")
     for name, tensor in final_a.items():
         torch.testing.assert_close(final_b[name], tensor, rtol=0, atol=1e-6)
-    # keep-last-N held across the resume; the half-written iter_12 was replaced by a full one
-    assert checkpoints(tmp_path / "b") == ["iter_12", "iter_16"]
-    assert (tmp_path / "b/checkpoints/iter_12/COMPLETED").exists()
+    # keep-last-N held across the resumes; the half-written iter_12 was replaced by a full one
+    assert checkpoints(b_root) == ["iter_12", "iter_16"]
+    assert (b_root / "checkpoints/iter_12/COMPLETED").exists()
 
 
 if __name__ == "__main__":
-    job(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)
+    job(Path(sys.argv[1]), int(sys.argv[2]) or None, int(sys.argv[3]) or None)

@@ -36,6 +36,7 @@ class Tracker(Protocol):
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def log_metric_steps(self, series: dict[str, list[tuple[int, float]]]) -> None: ...
+    def last_step(self, key: str) -> int | None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def log_dataset(self, name: str, *, digest: str, source: str, context: str,
@@ -55,6 +56,10 @@ class NullTracker:
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def log_metric_steps(self, series: dict[str, list[tuple[int, float]]]) -> None: ...
+
+    def last_step(self, key: str) -> int | None:
+        return None
+
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def log_dataset(self, name: str, *, digest: str, source: str, context: str,
@@ -115,6 +120,11 @@ class MlflowTracker:
         for i in range(0, len(batch), 1000):
             self.client.log_batch(self._run(), metrics=batch[i:i + 1000])
 
+    def last_step(self, key: str) -> int | None:
+        """The highest step logged for metric ``key`` in this run (None: none)."""
+        history = self.client.get_metric_history(self._run(), key)
+        return max((m.step for m in history), default=None)
+
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self._run(), tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
@@ -170,12 +180,19 @@ def _artifact_location(uri: str) -> str | None:
 
 class StepMetrics:
     """Buffers per-step metrics and writes them in batches (every ``every_s`` seconds, and on
-    ``flush``): one sqlite write per step costs ~9 ms, more than a tiny model's whole step."""
+    ``flush``): one sqlite write per step costs ~9 ms, more than a tiny model's whole step.
+
+    Every step reaches the tracker once: the train stage flushes before each checkpoint (a
+    kill loses only steps after the newest one), and steps the run already holds are dropped,
+    so the steps a resumed run trains again between its checkpoint and the last flush before
+    the kill are not logged twice. (An exact resume computes the same values for them.)
+    """
 
     def __init__(self, tracker: Tracker, every_s: float = 5.0) -> None:
         self.tracker, self.every_s = tracker, every_s
         self._rows: list[tuple[int, dict[str, float]]] = []
         self._last = time.monotonic()
+        self._held: dict[str, int] = {}  # metric → the last step the run held before us
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         self._rows.append((step, dict(metrics)))
@@ -187,9 +204,15 @@ class StepMetrics:
         by_step: dict[str, list[tuple[int, float]]] = {}
         for step, metrics in rows:
             for key, value in metrics.items():
-                by_step.setdefault(key, []).append((step, value))
-        if rows:
+                if step > self._held_until(key):
+                    by_step.setdefault(key, []).append((step, value))
+        if by_step:
             self.tracker.log_metric_steps(by_step)
+
+    def _held_until(self, key: str) -> int:
+        if key not in self._held:
+            self._held[key] = self.tracker.last_step(key) or 0
+        return self._held[key]
 
 
 def open_tracker(enabled: bool, uri: str, experiment_name: str) -> Tracker:
