@@ -23,7 +23,9 @@ COMMANDS = {
 }
 # Commands with their own arguments (not Hydra overrides): one module each under vlmtune.cli,
 # exposing ``main(argv: list[str]) -> int``; imported only when called.
-PLAIN_COMMANDS: dict[str, tuple[str, str]] = {}
+PLAIN_COMMANDS: dict[str, tuple[str, str]] = {
+    "checkpoint": ("checkpoint", "convert / merge / inspect model directories"),
+}
 
 USAGE = "usage: vlmtune <command> [key=value ...] [-m] [--wait]\n\ncommands:\n" + "\n".join(
     f"  {name:<10} {text}" for name, text in
