@@ -74,6 +74,17 @@ def ensure_model_dir(cfg: ModelConfig, cache_dir: str | Path | None = None) -> P
     return path
 
 
+def builds_here(cfg: ModelConfig, cache_dir: str | Path | None = None) -> bool:
+    """Whether :func:`ensure_model_dir` would build vlmtune's tiny model at ``model.path``."""
+    if cache_dir is None:
+        cache_dir = getattr(cfg, "cache_dir", None)
+    try:
+        return (cfg.build or "none") != "none" and _is_ours(Path(cfg.path).expanduser(),
+                                                            cfg.build, cache_dir)
+    except ConfigError:
+        return False
+
+
 def is_tiny_dir(path: Path) -> bool:
     """Whether ``path`` is a directory vlmtune built (it carries the tiny marker)."""
     return (Path(path) / TINY_MARKER).is_file()

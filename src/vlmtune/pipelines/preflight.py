@@ -20,11 +20,13 @@ def preflight(recipe: RecipeConfig, stages: list[str]) -> None:
     check_dataset_root(recipe.dataset)
     if "train" in stages:
         check_license(recipe.dataset)
-    if any(s in stages for s in MODEL_STAGES) or (
-            "ingest" in stages and recipe.dataset.max_tokens is not None):
-        from vlmtune.models.loading import ensure_model_dir
+    from vlmtune.models.loading import builds_here, ensure_model_dir
 
+    if any(s in stages for s in MODEL_STAGES):
         ensure_model_dir(recipe.model, recipe.cache_dir)  # builds vlmtune's tiny model here
+    elif "ingest" in stages and recipe.dataset.max_tokens is not None and builds_here(
+            recipe.model, recipe.cache_dir):  # so dataset.max_tokens can be measured
+        ensure_model_dir(recipe.model, recipe.cache_dir)
     if "evaluate" in stages:
         check_benchmark_fits(recipe.benchmark, recipe.dataset)
 
