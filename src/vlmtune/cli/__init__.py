@@ -20,6 +20,7 @@ COMMANDS = {
     "train": "fine-tune → checkpoints/, adapter/",
     "convert": "merge the adapter → merged/",
     "evaluate": "base vs tuned on the held-out benchmark → eval/, report.md",
+    "preview": "the first samples as training encodes them (preview.n=2, preview.json=FILE)",
 }
 # Commands with their own arguments (not Hydra overrides): one module each under vlmtune.cli,
 # exposing ``main(argv: list[str]) -> int``; imported only when called.
@@ -124,6 +125,10 @@ def _run(command: str, cfg, *, wait: bool = False) -> dict:
     overrides = _task_overrides()
     try:
         recipe = validate(cfg)
+        if command == "preview":
+            from vlmtune.cli.preview import preview
+
+            return preview(recipe)
         stages = None if command == "run" else [command]
         result = run_pipeline(recipe, stages, overrides=overrides, wait=wait)
     except VlmtuneError as err:

@@ -335,6 +335,17 @@ class PipelineConfig:
 
 
 @dataclass
+class PreviewConfig:
+    """``vlmtune preview``: how many records per split, and an optional JSON Lines file."""
+
+    n: int = 2
+    json: str | None = None
+
+    def __post_init__(self) -> None:
+        check_range("preview.n", self.n, 1)
+
+
+@dataclass
 class RecipeConfig:
     """The whole composed recipe."""
 
@@ -350,6 +361,7 @@ class RecipeConfig:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
 
     def __post_init__(self) -> None:
         if not self.experiment_name or "/" in self.experiment_name:

@@ -22,7 +22,7 @@ from vlmtune.data.templates import (
     encode_conversation,
     validate_conversation,
 )
-from vlmtune.data.vision import ImagePipeline, concat_collate
+from vlmtune.data.vision import EncodedImages, ImagePipeline, concat_collate
 from vlmtune.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,21 @@ class _Record:
     id: str
     images: list[Path]
     conversations: list[dict]
+
+
+@dataclass
+class EncodedSample:
+    """One record as training sees it; ``full_length``: its tokens before truncation."""
+
+    id: str
+    input_ids: list[int]
+    labels: list[int]
+    images: EncodedImages
+    full_length: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.full_length > len(self.input_ids)
 
 
 class ConversationDataset(Dataset):
@@ -72,6 +87,15 @@ class ConversationDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.encode(index)
+        return {
+            "input_ids": torch.tensor(sample.input_ids, dtype=torch.long),
+            "labels": torch.tensor(sample.labels, dtype=torch.long),
+            "images": sample.images.tensors or None,
+        }
+
+    def encode(self, index: int) -> EncodedSample:
+        """Record ``index`` exactly as training feeds it, with what went into it."""
         rec = self.records[index]
         encoded = self.images.encode([open_image(path) for path in rec.images])
         with self._located(rec):
@@ -79,12 +103,9 @@ class ConversationDataset(Dataset):
                 self.tokenizer, rec.conversations, template=self.template,
                 image_blocks=encoded.blocks, system=self.system,
             )
+            full_length = len(input_ids)
             input_ids, labels = self._fit(rec, input_ids, labels, encoded.num_image_tokens)
-        return {
-            "input_ids": torch.tensor(input_ids, dtype=torch.long),
-            "labels": torch.tensor(labels, dtype=torch.long),
-            "images": encoded.tensors or None,
-        }
+        return EncodedSample(rec.id, input_ids, labels, encoded, full_length)
 
     def lengths(self) -> list[int]:
         """Approximate token length of each record (text only), for length grouping."""
