@@ -1,9 +1,10 @@
 """Merge a LoRA adapter into its base, shard by shard, into a directory transformers loads.
 
-Memory stays bounded by one base shard plus the adapter: each stored shard is read with
-``safe_open``, the adapter's updates ``W += B·A·scale`` (rsLoRA: ``alpha/sqrt(r)``) are added
-to the tensors it targets (on CUDA when available), ``modules_to_save`` weights replace
-theirs, and the shard is written out before the next one is read; the index is rebuilt.
+Memory stays bounded by one base shard plus the adapter (in fact by one tensor plus the
+adapter): the output files are planned from the stored headers, and each stored tensor is read,
+given the adapter's update ``W += B·A·scale`` (rsLoRA: ``alpha/sqrt(r)``) in place when the
+adapter targets it (the update computed on CUDA when available), or replaced by its
+``modules_to_save`` copy, and written before the next is read; the index is rebuilt.
 The result equals peft's ``merge_and_unload`` (the update is computed in float32 and cast to
 the stored dtype).
 
@@ -13,6 +14,7 @@ so the update is merged into the base weights as stored, in their dtype.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Iterable
@@ -26,7 +28,8 @@ from vlmtune.config.schema import ModelConfig
 from vlmtune.convert.lora import Adapter, read_adapter
 from vlmtune.convert.names import StoredNames
 from vlmtune.convert.safety import staged_output
-from vlmtune.convert.shards import ShardWriter, iter_shards, tensor_names
+from vlmtune.convert.shards import INDEX, SINGLE, parse_size, weight_files
+from vlmtune.convert.stream import plan_shards, read_entries, read_tensor, write_planned
 from vlmtune.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -74,17 +77,32 @@ def merge_checkpoint(base_dir: Path, adapter_dir: Path, out: Path, *,
 
 def merge_weights(base_dir: Path, adapter: Adapter, out_dir: Path, *,
                   max_shard_size: int | str = "2GB", device: str = "auto") -> MergeResult:
-    """Stream ``base_dir``'s shards through the adapter into ``out_dir``'s shards."""
-    patch = AdapterPatch(adapter, tensor_names(base_dir), device)
-    writer = ShardWriter(out_dir, max_shard_size)
-    for _file, tensors in iter_shards(base_dir):
-        for name, tensor in tensors.items():
-            writer.add(name, patch(name, tensor))
-        writer.flush()  # never let an output shard span two input shards
-        del tensors
+    """Stream ``base_dir``'s tensors through the adapter into ``out_dir``, one at a time.
+
+    Output files are planned from the input headers (at most ``max_shard_size`` each, never
+    spanning two input shards), so each tensor is read, updated in place and written before
+    the next is read; the index is rebuilt.
+    """
+    per_file = [(file, read_entries(file)) for file in weight_files(base_dir)]
+    patch = AdapterPatch(adapter, [e.name for _, entries in per_file for e in entries], device)
+    limit = parse_size(max_shard_size)
+    groups = [(file, group) for file, entries in per_file
+              for group in plan_shards(entries, limit)]
+    names, weight_map, total = [], {}, 0
+    for i, (file, group) in enumerate(groups):
+        final = SINGLE if len(groups) == 1 else \
+            f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        with open(file, "rb") as handle:
+            write_planned(out_dir / final, group,
+                          lambda entry, h=handle: patch(entry.name, read_tensor(h, entry)))
+        names.append(final)
+        weight_map.update({entry.name: final for entry in group})
+        total += sum(entry.nbytes for entry in group)
     patch.finish()
-    shards = writer.close()
-    return MergeResult(Path(out_dir), shards, len(adapter.pairs), len(adapter.replaced))
+    if len(groups) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (out_dir / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    return MergeResult(Path(out_dir), names, len(adapter.pairs), len(adapter.replaced))
 
 
 class AdapterPatch:
@@ -115,11 +133,14 @@ class AdapterPatch:
 
 
 def apply_delta(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``weight + delta`` (float32 arithmetic), written into ``weight`` in place."""
     if tuple(delta.shape) != tuple(weight.shape):
         raise CheckpointError(f"LoRA update of shape {tuple(delta.shape)} does not fit a base "
                               f"weight of shape {tuple(weight.shape)}")
+    if weight.dtype == torch.float32 and delta.device == weight.device:
+        return weight.add_(delta)
     merged = weight.to(device=delta.device, dtype=torch.float32) + delta
-    return merged.to(dtype=weight.dtype, device="cpu")
+    return weight.copy_(merged.to(dtype=weight.dtype).cpu())
 
 
 def copy_side_files(src: Path, dst: Path) -> None:

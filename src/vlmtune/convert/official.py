@@ -93,7 +93,7 @@ def write_native_weights(src: Path, out_dir: Path, layout: Layout,
     writer = ShardWriter(out_dir, max_shard_size)
     embedding, has_head = None, False
     for _file, tensors in iter_shards(src):
-        for name, tensor in tensors.items():
+        for name, tensor in tensors:
             if patch is not None:
                 tensor = patch(name, tensor)
             for new, value in to_native(name, tensor, layout):
@@ -149,7 +149,7 @@ def write_official_weights(src: Path, out_dir: Path, layout: Layout, *, keep: se
     """Native shards → official shards; tensors the base does not store (a tied head) drop."""
     writer, namer = ShardWriter(out_dir, max_shard_size), OfficialNamer(layout)
     for _file, tensors in iter_shards(src):
-        for name, tensor in tensors.items():
+        for name, tensor in tensors:
             for new, value in namer.feed(name, tensor):
                 if new in keep:
                     writer.add(new, value)
@@ -169,7 +169,7 @@ def patched_official_dir(base: Path, out: Path, patch: Patch, *, force: bool = F
         copy_side_files(base, tmp)
         writer = ShardWriter(tmp, max_shard_size)
         for _file, tensors in iter_shards(base):
-            for name, tensor in tensors.items():
+            for name, tensor in tensors:
                 writer.add(name, patch(name, tensor))
             writer.flush()
         patch.finish()

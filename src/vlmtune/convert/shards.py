@@ -54,13 +54,14 @@ def weight_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def iter_shards(model_dir: Path) -> Iterator[tuple[Path, dict[str, torch.Tensor]]]:
-    """Yield ``(file, {name: tensor})`` one shard at a time (the previous one is released)."""
+def iter_shards(model_dir: Path
+                ) -> Iterator[tuple[Path, Iterator[tuple[str, torch.Tensor]]]]:
+    """Yield ``(file, tensors)`` per shard; ``tensors`` reads one ``(name, tensor)`` at a
+    time (plain reads, no memory map)."""
+    from vlmtune.convert.stream import iter_tensors
+
     for file in weight_files(model_dir):
-        with safe_open(str(file), framework="pt") as handle:
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-        yield file, tensors
-        del tensors
+        yield file, ((entry.name, tensor) for entry, tensor in iter_tensors(file))
 
 
 def tensor_names(model_dir: Path) -> dict[str, tuple[list[int], str]]:
