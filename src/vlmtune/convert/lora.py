@@ -32,8 +32,8 @@ class LoraPair:
         """The weight update ``B·A·scale`` in float32 (``(B·A)ᵀ`` for an embedding)."""
         a = self.a.to(device=device, dtype=torch.float32)
         b = self.b.to(device=device, dtype=torch.float32)
-        delta = b @ a
-        return (delta.T if self.embedding else delta) * self.scale
+        delta = (b @ a).mul_(self.scale)  # in place: one weight-sized temporary, not two
+        return delta.T if self.embedding else delta
 
 
 @dataclass
