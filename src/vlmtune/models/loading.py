@@ -70,6 +70,9 @@ def ensure_model_dir(cfg: ModelConfig, cache_dir: str | Path | None = None) -> P
         if not (marker.exists() and json.loads(marker.read_text()) == wanted):
             _build_tiny(path, cfg, wanted)
         return path
+    from vlmtune.convert.cache import native_model_dir
+
+    path = native_model_dir(path, cache_dir)  # an official InternVL → its cached native copy
     check_model_dir(path)
     return path
 
@@ -194,5 +197,5 @@ def _refuse_unsupported_layout(path: Path) -> None:
         raise ConfigError(
             f"model.path={str(path)!r} is an InternVL2 checkpoint in the official "
             "(InternVLChatModel / InternLM2) layout; vlmtune trains the HF-native layout "
-            "(InternVLForConditionalGeneration). Use an '-hf' copy of the checkpoint; the "
-            "official → HF-native converter is planned as `vlmtune convert`.")
+            "(InternVLForConditionalGeneration). The pipeline converts it into its cache "
+            f"itself; to convert it by hand: vlmtune checkpoint to-hf {path} OUT")

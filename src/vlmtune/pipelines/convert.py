@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 
+from vlmtune.convert.export import export_official
 from vlmtune.convert.merge import merge_to_dir
 from vlmtune.models.loading import ensure_model_dir
 from vlmtune.models.methods import saves_adapter
@@ -39,3 +41,5 @@ def run(ctx: RunContext) -> None:
     else:
         base = ensure_model_dir(ctx.recipe.model, ctx.recipe.cache_dir)
         merge_to_dir(base, trained, merged, ctx.recipe.model)
+    if merged.exists():  # an official base: also the tuned model in its layout (LMDeploy)
+        export_official(merged, ctx.run_dir, Path(ctx.recipe.model.path).expanduser())
