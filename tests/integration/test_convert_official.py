@@ -59,6 +59,7 @@ def test_native_config_avoids_the_known_traps(converted):
     assert native["architectures"] == ["InternVLForConditionalGeneration"]
     assert native["tie_word_embeddings"] is False and text["tie_word_embeddings"] is False
     assert native["image_seq_length"] == 4 and native["vision_feature_layer"] == -1
+    assert native["max_dynamic_patch"] == official["max_dynamic_patch"] == 6
     assert "attn_implementation" not in text and "use_flash_attn" not in native["vision_config"]
     if official["llm_config"]["model_type"] == "internlm2":
         assert text["model_type"] == "llama"

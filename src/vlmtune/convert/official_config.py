@@ -108,6 +108,11 @@ def native_config(official: dict, image_token_id: int) -> dict:
         "vision_feature_layer": int(official.get("select_layer", -1)),
         "vision_feature_select_strategy": "default",
         "tie_word_embeddings": False,
+        # InternVL's tiling limits, kept where vlmtune's InternVL family reads them
+        "max_dynamic_patch": int(official.get("max_dynamic_patch", 12))
+        if official.get("dynamic_image_size", True) else 1,
+        "min_dynamic_patch": int(official.get("min_dynamic_patch", 1)),
+        "use_thumbnail": bool(official.get("use_thumbnail", True)),
     }
     if dtype:
         config["dtype"] = dtype
