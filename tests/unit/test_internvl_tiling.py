@@ -56,6 +56,8 @@ def test_tiles_as_dynamic_preprocess_on_converter_checkpoint(internvl_hf_dir, si
     images = pipeline(internvl_hf_dir)
     assert dynamic_preprocess_tiles(*size) == expected
     assert tiles(images, size) == [expected]
+    # the header-only count (ingest's token check, length grouping) agrees
+    assert images.processor.get_number_of_image_patches(size[1], size[0]) == expected
     encoded = images.encode([Image.new("RGB", size)])
     assert encoded.num_image_tokens == 256 * expected
     assert tuple(encoded.tensors["pixel_values"].shape) == (expected, 3, 448, 448)
