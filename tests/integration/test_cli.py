@@ -45,6 +45,8 @@ def test_multirun_sweeps_a_card_group_value_and_ends_with_one_table(tmp_path, sh
     assert all((d / "data" / "manifest.json").exists() for d in run_dirs)
     assert out.stdout.count("MLflow run id:") == 2
     assert "sweep: 2 jobs" in out.stdout
+    for num in (0, 1):
+        assert f"sweep job {num}: experiment=demo dataset.split_seed={num} " in out.stdout
 
     (sweep_dir,) = (tmp_path / "outputs" / "multirun").iterdir()  # its own timestamped folder
     assert (sweep_dir / "multirun.yaml").is_file()
@@ -132,13 +134,18 @@ def hold_lock(run_dir) -> subprocess.Popen:
 
 
 def test_a_second_run_in_the_same_run_dir_refuses_naming_the_pid_or_waits(tmp_path,
-                                                                          shared_cache):
+                                                                          shared_cache, caplog):
+    import logging
+    import threading
+
     from vlmtune.config import compose_recipe, validate
     from vlmtune.pipelines.runner import run_pipeline
 
     overrides = ["experiment=demo", "tracking=disabled", f"cache_dir={shared_cache}",
                  f"output_root={tmp_path}/outputs"]
-    run_dir = run_pipeline(validate(compose_recipe(overrides)), ["ingest"]).run_dir
+    recipe = validate(compose_recipe(overrides))
+    run_dir = run_pipeline(recipe, ["ingest"]).run_dir
+    log = run_dir / "logs" / "vlmtune.log"
     holder = hold_lock(run_dir)
     try:
         out = vlmtune("ingest", *overrides, cwd=tmp_path)
@@ -146,19 +153,29 @@ def test_a_second_run_in_the_same_run_dir_refuses_naming_the_pid_or_waits(tmp_pa
         assert out.stderr == (f"vlmtune: error: {run_dir} is in use by another vlmtune run "
                               f"(PID {holder.pid}); wait for it to finish, or add --wait to "
                               "start when it does\n")
-        waiting = subprocess.Popen([sys.executable, "-m", "vlmtune.cli", "ingest", *overrides,
-                                    "--wait"], cwd=tmp_path, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True,
-                                   env={**os.environ, "VLMTUNE_PROGRESS": "0"})
-        log = run_dir / "logs" / "vlmtune.log"
-        before = log.read_text()
-        time.sleep(8)  # enough to import, compose and reach the lock
-        assert waiting.poll() is None, waiting.communicate()[0]
-        assert log.read_text() == before  # it has not started: nothing logged in the run dir
+        # --wait (run_pipeline(wait=True) here, to spare a second interpreter start; it
+        # installs a SIGTERM handler, so it runs in this thread and a helper thread releases)
+        before, seen = log.read_text(), []
+
+        def release_once_waiting() -> None:
+            deadline = time.monotonic() + 60
+            while f"waiting for PID {holder.pid}" not in caplog.text:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            time.sleep(0.5)
+            seen.append(log.read_text())  # still blocked: nothing logged in the run dir
+            holder.kill()  # the kernel releases the lock; the PID left in the file is stale
+
+        with caplog.at_level(logging.INFO, logger="vlmtune"):
+            releaser = threading.Thread(target=release_once_waiting)
+            releaser.start()
+            result = run_pipeline(recipe, ["ingest"], wait=True)
+            releaser.join()
     finally:
-        holder.kill()  # the kernel releases the lock; the PID left in the file is stale
+        holder.kill()
         holder.wait()
-    out, _ = waiting.communicate(timeout=120)
-    assert waiting.returncode == 0, out
-    assert f"waiting for PID {holder.pid}" in out
-    assert "stage ingest: inputs unchanged" in log.read_text()
+    assert f"waiting for PID {holder.pid}, which is running in {run_dir}" in caplog.text
+    assert seen == [before]
+    assert result.skipped == ["ingest"]
+    assert log.read_text().count("stage ingest: inputs unchanged") == 1

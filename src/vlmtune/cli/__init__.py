@@ -104,14 +104,20 @@ def _check_command_line(args: list[str]) -> None:
             check_reachable(str(cfg.tracking.uri))
 
 
-def _task_overrides() -> list[str]:
-    """This job's command-line overrides (a sweep's job: with its own values)."""
+def _task_overrides() -> tuple[list[str], str | None]:
+    """This job's command-line overrides (a sweep's job: with its own values), and its
+    ``sweep job <num>`` label in a sweep (None otherwise)."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     try:
-        return list(HydraConfig.get().overrides.task)
+        hydra_cfg = HydraConfig.get()
     except ValueError:  # no Hydra app running (called from a test)
-        return []
+        return [], None
+    overrides = list(hydra_cfg.overrides.task)
+    label = (f"sweep job {hydra_cfg.job.num}: {' '.join(overrides)}"
+             if hydra_cfg.mode == RunMode.MULTIRUN else None)
+    return overrides, label
 
 
 def _run(command: str, cfg, *, wait: bool = False) -> dict:
@@ -122,7 +128,9 @@ def _run(command: str, cfg, *, wait: bool = False) -> dict:
     from vlmtune.summary import print_summary
 
     _configure_logging()
-    overrides = _task_overrides()
+    overrides, label = _task_overrides()
+    if label:
+        print(label)
     try:
         recipe = validate(cfg)
         if command == "preview":
