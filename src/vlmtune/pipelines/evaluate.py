@@ -87,6 +87,9 @@ def evaluate_model(ctx: RunContext, label: str, model_dir: Path, adapter: Path |
     if metrics_path.exists():
         log.info("evaluate: %s already scored (%s)", label, metrics_path)
         result = json.loads(metrics_path.read_text())
+        result.setdefault("kind", "multiple_choice")  # written before open-ended evaluation
+        result.setdefault("primary", primary_metric(result["kind"], bench.scorers,
+                                                    scorer_entries(result)))
     else:
         loaded = load_model(model_dir, recipe.model, device=resolve_device(recipe.device))
         if adapter is not None:
