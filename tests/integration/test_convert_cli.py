@@ -63,3 +63,10 @@ def test_killed_conversion_leaves_no_out_and_a_rerun_completes(official, tmp_pat
     assert main(["checkpoint", "to-hf", str(official), str(out)]) == 0  # the stale tmp goes
     assert (out / "config.json").exists() and not tmp.exists()
     assert json.loads((out / "config.json").read_text())["model_type"] == "internvl"
+
+
+def test_merge_into_an_official_base_names_the_converter(official, tmp_path, capsys):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    assert main(["checkpoint", "merge", str(official), str(adapter), str(tmp_path / "o")]) == 2
+    assert f"vlmtune checkpoint to-hf {official} OUT" in capsys.readouterr().err

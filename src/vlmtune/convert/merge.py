@@ -67,6 +67,12 @@ def merge_checkpoint(base_dir: Path, adapter_dir: Path, out: Path, *,
                      max_shard_size: int | str = "2GB", device: str = "auto",
                      force: bool = False) -> MergeResult:
     """``vlmtune checkpoint merge``: base + adapter → ``out``, written via ``OUT.tmp``."""
+    from vlmtune.convert.cache import is_official_dir
+
+    if is_official_dir(base_dir):
+        raise CheckpointError(f"{base_dir} is an official InternVL checkpoint; a peft adapter "
+                              "names the transformers-native layout: convert the base first "
+                              f"with `vlmtune checkpoint to-hf {base_dir} OUT` and merge into OUT")
     with staged_output(out, force=force) as tmp:
         copy_side_files(base_dir, tmp)
         result = merge_weights(base_dir, read_adapter(adapter_dir), tmp,
