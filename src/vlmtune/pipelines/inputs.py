@@ -68,14 +68,19 @@ def model_identity(path: str | Path, build: str | None = None) -> dict[str, Any]
     return identity
 
 
-def file_digest(path: Path) -> str:
-    """Content hash of a small file, ``size:mtime`` of a large one, ``missing`` if absent."""
+def file_digest(path: Path, *, content: bool = False) -> str:
+    """Content hash of a small file (or any, with ``content``: data files, which a re-ingest
+    rewrites unchanged), ``size:mtime`` of a large one, ``missing`` if absent."""
     if not path.is_file():
         return "missing"
     stat = path.stat()
-    if stat.st_size > CONTENT_HASH_MAX:
+    if stat.st_size > CONTENT_HASH_MAX and not content:
         return f"{stat.st_size}:{stat.st_mtime_ns}"
-    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+    h = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as f:
+        while chunk := f.read(2**20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def dir_digest(path: Path) -> str:
@@ -103,13 +108,13 @@ def stage_inputs(ctx: RunContext, stage: str) -> dict[str, Any]:
         return inputs
     inputs |= _prefixed("model.identity", ctx.model_identity)
     if stage == "train":
-        inputs["files.data/train.jsonl"] = file_digest(data / "train.jsonl")
+        inputs["files.data/train.jsonl"] = file_digest(data / "train.jsonl", content=True)
     elif stage == "convert":
         trained = "trained" if ctx.recipe.method.name == "full" else "adapter"
         inputs[f"files.{trained}/"] = dir_digest(ctx.run_dir / trained)
     elif stage == "evaluate":
         split = ctx.recipe.benchmark.split
-        inputs[f"files.data/{split}.jsonl"] = file_digest(data / f"{split}.jsonl")
+        inputs[f"files.data/{split}.jsonl"] = file_digest(data / f"{split}.jsonl", content=True)
         tuned = "train" in ctx.recipe.pipeline.stages
         inputs["pipeline.evaluates_tuned"] = tuned
         if tuned:
