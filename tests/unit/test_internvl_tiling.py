@@ -89,3 +89,14 @@ def test_shipped_model_cards_leave_max_tiles_to_the_checkpoint():
     for card in ("internvl2_2b", "tiny_internvl", "tiny_llava", "tiny_qwen2_vl"):
         recipe = validate(compose_recipe([f"model={card}", "model.path=/nowhere"]))
         assert recipe.model.max_tiles is None, card
+
+
+def test_tiny_model_records_its_own_max_tiles(tiny_model_dir):
+    model_dir, recipe = tiny_model_dir
+    assert recipe.model.max_tiles is None and recipe.model.tiny.max_tiles == 4
+    assert AutoConfig.from_pretrained(model_dir).max_dynamic_patch == 4
+    images = pipeline(model_dir)
+    assert images.processor.max_patches == 4
+    # 56-px tiles: a 2:1 image → 2×1 + thumbnail, as dynamic_preprocess with max 4
+    assert tiles(images, (112, 56)) == [dynamic_preprocess_tiles(112, 56, max_num=4,
+                                                                 image_size=56)] == [3]
