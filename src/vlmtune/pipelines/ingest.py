@@ -48,7 +48,8 @@ def run(ctx: RunContext) -> None:
 
 def token_counter(recipe: RecipeConfig) -> tuple[Any, dict]:
     """(count_tokens, description) for ``dataset.max_tokens``; (None, why not) when unset or
-    when ``model.path`` holds no model yet (e.g. the tiny model is built at training)."""
+    when ``model.path`` holds no model (preflight builds vlmtune's cached tiny model first;
+    another absent path is left alone: only ingest needs no model)."""
     cfg, model_dir = recipe.dataset, Path(recipe.model.path)
     if cfg.max_tokens is None:
         return None, {"max_tokens": None, "status": "not requested"}
