@@ -7,6 +7,7 @@ or replacing the checkpoint converts it again while an unchanged one is found at
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -44,12 +45,15 @@ def native_model_dir(path: Path, cache_dir: str | Path | None) -> Path:
                           "cache_dir is set to convert it into; convert it with `vlmtune "
                           "checkpoint to-hf` and point model.path at the result")
     out = Path(cache_dir) / "converted" / source_digest(path)
-    if (out / "config.json").exists():
-        log.info("model.path %s is in the official InternVL layout; using its converted copy "
-                 "%s", path, out)
-        return out
-    from vlmtune.convert.official import to_native_dir
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(out.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run waits for the one converting
+        if (out / "config.json").exists():
+            log.info("model.path %s is in the official InternVL layout; using its converted "
+                     "copy %s", path, out)
+            return out
+        from vlmtune.convert.official import to_native_dir
 
-    log.info("model.path %s is in the official InternVL layout; converting it once into %s",
-             path, out)
-    return to_native_dir(path, out, force=True)
+        log.info("model.path %s is in the official InternVL layout; converting it once into "
+                 "%s", path, out)
+        return to_native_dir(path, out, force=True)
