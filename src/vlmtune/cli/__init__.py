@@ -37,6 +37,8 @@ USAGE = "usage: vlmtune <command> [key=value ...] [-m] [--wait]\n\ncommands:\n" 
     "                   (default: refuse, naming its PID)\n"
     "Show the composed recipe: vlmtune run experiment=demo --cfg job")
 MULTIRUN_FLAGS = ("-m", "--multirun")
+HYDRA_PRINT_FLAGS = ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help",
+                     "--shell-completion", "-sc")
 # Hydra flags that take a value as the next argument.
 HYDRA_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp",
                      "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun")
@@ -84,9 +86,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check_command_line(args: list[str]) -> None:
     """Unknown keys and group choices (sweeps too) as one-line errors; without ``-m`` the
-    recipe is also composed once, so Hydra's own errors (a value of the wrong type) read the
-    same way, and the tracking server is asked for before the heavy imports."""
-    from vlmtune.config import compose_recipe
+    recipe is also composed and validated once, so Hydra's own errors (a value of the wrong
+    type) read the same way, and values and the tracking server are checked before the heavy
+    imports (torch, transformers, mlflow: seconds)."""
+    from vlmtune.config import compose_recipe, validate
     from vlmtune.config.strict import check_overrides
     from vlmtune.tracking.probe import check_reachable
 
@@ -100,8 +103,11 @@ def _check_command_line(args: list[str]) -> None:
     check_overrides(overrides)
     if not any(a in MULTIRUN_FLAGS for a in args):
         cfg = compose_recipe(overrides)
-        if cfg.tracking.enabled:
-            check_reachable(str(cfg.tracking.uri))
+        if any(a.split("=")[0] in HYDRA_PRINT_FLAGS for a in args):
+            return  # printing the recipe (--cfg job …) shows it even when a value is wrong
+        recipe = validate(cfg)
+        if recipe.tracking.enabled:
+            check_reachable(recipe.tracking.uri)
 
 
 def _task_overrides() -> tuple[list[str], str | None]:
