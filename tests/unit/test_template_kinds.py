@@ -172,3 +172,12 @@ def test_any_template_with_any_family():
     with pytest.raises(ConfigError, match="model.chat_template"):
         validate(compose_recipe(["model=tiny_internvl", "model.chat_template=nope",
                                  "model.path=/nowhere"]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_forced_reply_start_follows_the_generation_prompt(tokenizer_kinds, kind):
+    tok = tokenizer_kinds[kind]
+    prompt = encode_prompt(tok, "图中的菜是什么？", template=VICUNA_V1, system="")
+    forced = encode_reply(tok, "我选择（", VICUNA_V1, end=False)
+    text = tok.decode(prompt + forced, skip_special_tokens=True)
+    assert text.lstrip(" ") == "USER: 图中的菜是什么？ ASSISTANT: 我选择（"

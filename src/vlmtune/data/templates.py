@@ -221,11 +221,13 @@ def encode_prompt(
     return bos_ids(tokenizer) + _encode(tokenizer, text)
 
 
-def encode_reply(tokenizer: Any, text: str, template: ChatTemplate) -> list[int]:
-    """Ids of an assistant reply followed by the template's end marker, tokenized as they are
-    in a conversation (after the assistant header and the template's reply lead)."""
+def encode_reply(tokenizer: Any, text: str, template: ChatTemplate, *,
+                 end: bool = True) -> list[int]:
+    """Ids of an assistant reply (with the template's reply lead) followed by its end marker
+    (``end=False``: without; e.g. a reply's forced start after a generation prompt), tokenized
+    as they are in a conversation, after the assistant header."""
     anchor = template.assistant_prefix
-    runs = [(anchor, False), (template.reply_lead + text + template.end, True)]
+    runs = [(anchor, False), (template.reply_lead + text + (template.end if end else ""), True)]
     if not anchor:
         return _encode(tokenizer, runs[1][0])
     ids, labels = _encode_runs(tokenizer, runs)

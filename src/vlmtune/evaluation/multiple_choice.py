@@ -172,8 +172,10 @@ class MultipleChoiceScorer:
             for start in range(0, len(items), batch_size):
                 chunk = items[start:start + batch_size]
                 prompts = [self._prompt(item) for item in chunk]
-                # the template's assistant prefix is part of the prompt; only new text is parsed
-                prompts = [(ids + self.tok.encode(item.assistant_prefix, add_special_tokens=False),
+                # the template's assistant prefix is part of the prompt (tokenized as in a
+                # reply, after the template's reply lead); only new text is parsed
+                prompts = [(ids + (encode_reply(self.tok, item.assistant_prefix, self.template,
+                                                end=False) if item.assistant_prefix else []),
                             tensors) for item, (ids, tensors) in zip(chunk, prompts, strict=True)]
                 input_ids, attention = _pad([p for p, _ in prompts], self.tok.pad_token_id,
                                             left=True)
