@@ -18,7 +18,8 @@ from transformers import AutoModelForImageTextToText
 
 from vlmtune.convert.official import to_native_dir, to_official_dir
 
-CASES = [("internlm2", 4), ("internlm2", 2), ("internlm2", 1), ("qwen2", 2)]  # G = 1, 2, 4
+# InternLM2 with G = heads / kv_heads = 1, 2, 4; Qwen2 (InternVL2-1B); Llama (InternVL2-76B)
+CASES = [("internlm2", 4), ("internlm2", 2), ("internlm2", 1), ("qwen2", 2), ("llama", 2)]
 
 
 def _inputs(image_token_id: int, tiles: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +67,7 @@ def test_native_config_avoids_the_known_traps(converted):
         assert text["rope_parameters"] == {"rope_type": "dynamic", "factor": 2.0,
                                            "rope_theta": 1e6}
     else:
-        assert text["model_type"] == "qwen2"
+        assert text["model_type"] == official["llm_config"]["model_type"]
     processor = json.loads((hf / "preprocessor_config.json").read_text())
     assert processor["crop_to_patches"] is True and processor["max_patches"] == 6
     assert processor["size"] == {"height": 56, "width": 56}
