@@ -137,3 +137,25 @@ def test_collator_pads(make, tiny_tokenizer):
     text_only = Collator(pad)([ds[1]])
     assert "pixel_values" not in text_only
     assert set(text_only) == {"input_ids", "attention_mask", "labels"}
+
+
+@pytest.mark.parametrize("kind", ["internlm2", "llama", "qwen2"])
+def test_bos_once_first_and_kept_by_truncation(tmp_path, tokenizer_kinds, kind):
+    tok = tokenizer_kinds[kind]
+    Image.new("RGB", (56, 28)).save(tmp_path / "wide.png")
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(record(0, "wide.png", answer="北京烤鸭 " * 20),
+                               ensure_ascii=False) + "\n", encoding="utf-8")
+    images = InternVLTiles(build_image_processor(tile_size=TILE, max_tiles=4), TOKENS)
+    full = ConversationDataset(path, tmp_path, tok, images, template=INTERNLM2,
+                               max_length=4000).encode(0)
+    cut = ConversationDataset(path, tmp_path, tok, images, template=INTERNLM2,
+                              max_length=len(full.input_ids) - 5).encode(0)
+    for sample in (full, cut):
+        if kind == "qwen2":
+            assert tok.bos_token_id is None
+        else:
+            assert sample.input_ids[0] == tok.bos_token_id and sample.labels[0] == IGNORE_INDEX
+            assert sample.input_ids.count(tok.bos_token_id) == 1
+    assert (full.truncated, cut.truncated) == (False, True)
+    assert cut.full_length == len(full.input_ids) and cut.images.extra["tiles"] == [3]
