@@ -55,3 +55,23 @@ def test_streamed_merge_equals_merge_and_unload(sharded_base, tmp_path, rslora, 
     assert worst <= 1e-6
     changed = [k for k in want if not torch.equal(got[k], untouched[k])]
     assert len(changed) == 14 + 6  # every LoRA target and the projector's six tensors
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_update_computed_on_cuda_equals_the_cpu_merge(sharded_base, tmp_path):
+    model = AutoModelForImageTextToText.from_pretrained(sharded_base, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                                  target_modules=list(LLM_LINEARS)))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in peft_model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.1)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    for device in ("cpu", "cuda"):
+        assert main(["checkpoint", "merge", str(sharded_base), str(tmp_path / "adapter"),
+                     str(tmp_path / device), "--device", device]) == 0
+    cpu = AutoModelForImageTextToText.from_pretrained(tmp_path / "cpu").state_dict()
+    gpu = AutoModelForImageTextToText.from_pretrained(tmp_path / "cuda").state_dict()
+    assert max((cpu[k] - gpu[k]).abs().max().item() for k in cpu) <= 1e-5
