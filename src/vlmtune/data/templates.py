@@ -256,7 +256,7 @@ def stop_token_ids(tokenizer: Any, template: ChatTemplate,
     """Where generation stops: the checkpoint's ``generation_config`` eos ids, plus the
     template's end marker when it is one token; the tokenizer's eos only when neither says."""
     ids: list[int] = []
-    eos = getattr(generation_config, "eos_token_id", None) if generation_config else None
+    eos = getattr(generation_config, "eos_token_id", None)
     ids += [int(i) for i in (eos if isinstance(eos, list | tuple) else [eos]) if i is not None]
     end = tokenizer.encode(template.end, add_special_tokens=False) if template.end else []
     if len(end) == 1:
