@@ -105,6 +105,22 @@ def to_native(name: str, tensor: torch.Tensor, layout: Layout
     raise CheckpointError(f"official tensor {name!r} has no transformers-native name")
 
 
+_LEGACY = [("language_model.lm_head.", "lm_head."),
+           ("language_model.model.", "model.language_model."),
+           ("language_model.", "model.language_model."),
+           ("vision_tower.", "model.vision_tower."),
+           ("multi_modal_projector.", "model.multi_modal_projector.")]
+
+
+def loaded_name(name: str) -> str:
+    """A native tensor name as the loaded model has it; ``save_pretrained`` in transformers 5
+    stores InternVL under the legacy ``language_model.model.…`` / ``vision_tower.…`` names."""
+    for legacy, loaded in _LEGACY:
+        if name.startswith(legacy):
+            return loaded + name.removeprefix(legacy)
+    return name
+
+
 class OfficialNamer:
     """Native tensors → official ones; q/k/v are held back until their layer is complete."""
 
@@ -113,6 +129,7 @@ class OfficialNamer:
         self.pending: dict[tuple[str, str, str], dict[str, torch.Tensor]] = {}
 
     def feed(self, name: str, tensor: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        name = loaded_name(name)
         for pattern, kind in ((_VISION_QKV, "vision"), (_LLM_QKV, "llm")):
             match = pattern.match(name)
             if match and not (kind == "llm" and self.layout.llm != "internlm2"):
