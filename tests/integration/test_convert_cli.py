@@ -70,3 +70,11 @@ def test_merge_into_an_official_base_names_the_converter(official, tmp_path, cap
     adapter.mkdir()
     assert main(["checkpoint", "merge", str(official), str(adapter), str(tmp_path / "o")]) == 2
     assert f"vlmtune checkpoint to-hf {official} OUT" in capsys.readouterr().err
+
+
+def test_to_hf_of_a_native_dir_names_the_way_back(official, tmp_path, capsys):
+    native = tmp_path / "native"
+    assert main(["checkpoint", "to-hf", str(official), str(native)]) == 0
+    assert main(["checkpoint", "to-hf", str(native), str(tmp_path / "again")]) == 2
+    assert f"vlmtune checkpoint to-official {native} OUT --like BASE" in capsys.readouterr().err
+    assert not (tmp_path / "again").exists()

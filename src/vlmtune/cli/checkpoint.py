@@ -94,7 +94,8 @@ def _run(args: argparse.Namespace) -> str:
         out = to_official_dir(args.src, args.out, like=args.like, force=args.force,
                               max_shard_size=args.max_shard_size)
         return f"wrote the official InternVL layout → {out}"
-    layout = inspection.describe(args.src).layout
+    desc = inspection.describe(args.src)
+    layout = desc.layout
     if layout == "xtuner pth":
         if args.base is None:
             raise CheckpointError(f"{args.src} is an xtuner checkpoint: pass --base "
@@ -107,8 +108,12 @@ def _run(args: argparse.Namespace) -> str:
         kind = "official" if args.official else "transformers-native"
         return f"applied {args.src} to {args.base} → {out} ({kind})"
     if layout != "official":
+        hint = {"hf-native": f"it is transformers-native already (back to the official layout: "
+                             f"vlmtune checkpoint to-official {args.src} OUT --like BASE)",
+                "peft adapter": f"merge it with: {desc.convert_with}"}.get(
+            layout, "`vlmtune checkpoint inspect` says more")
         raise CheckpointError(f"{args.src} is {layout!r}, not an official InternVL checkpoint "
-                              "or an xtuner .pth; `vlmtune checkpoint inspect` says more")
+                              f"or an xtuner .pth; {hint}")
     from vlmtune.convert.official import to_native_dir
 
     out = to_native_dir(args.src, args.out, force=args.force, max_shard_size=args.max_shard_size)
