@@ -38,6 +38,8 @@ def describe(path: Path) -> Description:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist")
+    if path.is_file() and path.suffix not in (".pth", ".pt"):
+        return Description(str(path), "unknown")
     if path.is_file() or (path / DEEPSPEED_FILE).exists() or any(path.glob(f"*/{DEEPSPEED_FILE}")):
         files = [path] if path.is_file() else sorted(path.rglob(DEEPSPEED_FILE))
         return _finish(Description(str(path), "xtuner pth", family="internvl",
