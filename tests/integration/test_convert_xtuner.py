@@ -141,3 +141,18 @@ def test_lora_r_flag_must_match_the_shapes(base, tmp_path):
     pth = _write("mmengine", _xtuner_state(weights), tmp_path)
     with pytest.raises(CheckpointError, match="rank 4"):
         import_xtuner(pth, tmp_path / "out", base=base, lora_r=128)
+
+
+@pytest.mark.parametrize("shape", ["mmengine", "deepspeed"])
+def test_cli_recognises_both_shapes_and_asks_for_the_base(base, tmp_path, shape, capsys):
+    from vlmtune.cli import main
+
+    _, weights = load_official(base)
+    pth = _write(shape, _xtuner_state(weights), tmp_path)
+    assert main(["checkpoint", "inspect", str(pth), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["layout"] == "xtuner pth"
+    assert main(["checkpoint", "to-hf", str(pth), str(tmp_path / "out")]) == 2
+    assert "--base" in capsys.readouterr().err
+    assert main(["checkpoint", "to-hf", str(pth), str(tmp_path / "out"), "--base", str(base),
+                 "--lora-alpha", str(ALPHA)]) == 0
+    assert (tmp_path / "out" / "config.json").exists()
