@@ -50,11 +50,17 @@ def test_the_reason_a_stage_runs(tmp_path):
     state = PipelineState(tmp_path / "pipeline_state.json", "k")
     inputs = {"benchmark.limit": 4, "benchmark.name": "b"}
     assert state.reason_to_run("evaluate", inputs) == "no previous run"
+    state.mark_started("evaluate", inputs)
     state.mark("evaluate", "interrupted")
     assert state.reason_to_run("evaluate", inputs) == "interrupted — resuming"
-    state.mark_done("evaluate", inputs)
+    assert not state.inputs_changed("evaluate", inputs)
+    # interrupted, then asked for with another limit: a change, not a resume
+    assert state.reason_to_run("evaluate", {**inputs, "benchmark.limit": 3}) == \
+        "inputs changed (benchmark.limit) — running"
+    state.mark_done("evaluate")
     assert state.reason_to_run("evaluate", inputs) is None
     assert state.reason_to_run("evaluate", {**inputs, "benchmark.limit": 3}) == \
         "inputs changed (benchmark.limit) — running"
     reloaded = PipelineState.load(tmp_path, "k")
     assert reloaded.reason_to_run("evaluate", dict(inputs)) is None
+    assert reloaded.inputs_changed("evaluate", {**inputs, "benchmark.name": "c"})

@@ -34,8 +34,8 @@ STAGES: dict[str, Callable[[RunContext], None]] = {
     "convert": convert.run,
     "evaluate": evaluate.run,
 }
-# Outputs a stage rewrites from scratch when it reruns on changed inputs (an interrupted stage
-# keeps them: evaluate reuses a model already scored).
+# Outputs a stage rewrites from scratch when it reruns on inputs other than its last attempt's
+# (resumed on the same inputs it keeps them: evaluate reuses a model already scored).
 STALE_OUTPUTS = {"evaluate": ("eval", "report.md")}
 # Overrides that say where a run is stored or observed: left out of the MLflow run name.
 UNNAMED_OVERRIDES = ("experiment", "output_root", "cache_dir", "tracking", "hydra")
@@ -90,12 +90,15 @@ def _run_stage(ctx: RunContext, stage: str, result: PipelineResult) -> None:
         result.skipped.append(stage)
         return
     log.info("stage %s: %s", stage, reason)
-    if ctx.state.is_done(stage):
+    if ctx.state.inputs_changed(stage, inputs):
         for name in STALE_OUTPUTS.get(stage, ()):
             path = ctx.run_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
     ctx.tracker.set_tags({"vlmtune.stage": stage})
-    ctx.state.mark(stage, "running")
+    ctx.state.mark_started(stage, inputs)
     try:
         STAGES[stage](ctx)
     except KeyboardInterrupt:
@@ -104,7 +107,7 @@ def _run_stage(ctx: RunContext, stage: str, result: PipelineResult) -> None:
     except BaseException:
         ctx.state.mark(stage, "failed")
         raise
-    ctx.state.mark_done(stage, inputs)
+    ctx.state.mark_done(stage)
     result.ran.append(stage)
 
 

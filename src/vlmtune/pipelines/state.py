@@ -37,31 +37,44 @@ class PipelineState:
         return self.stages.get(stage, {}).get("status") == "done"
 
     def reason_to_run(self, stage: str, inputs: dict[str, Any]) -> str | None:
-        """Why ``stage`` must run given its current ``inputs`` (None: it is up to date)."""
-        from vlmtune.pipelines.inputs import changed_keys, digest
+        """Why ``stage`` must run given its current ``inputs`` (None: it is up to date).
+
+        The inputs are compared with those of the stage's last attempt, finished or not."""
+        from vlmtune.pipelines.inputs import changed_keys
 
         entry = self.stages.get(stage)
         if entry is None:
             return "no previous run"
         status = entry.get("status")
+        if "inputs" not in entry and status == "done":
+            return "inputs not recorded by an earlier vlmtune — running"
+        if self.inputs_changed(stage, inputs):
+            changed = changed_keys(entry["inputs"], inputs)
+            shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more"
+                                              if len(changed) > 4 else "")
+            return f"inputs changed ({shown}) — running"
+        if status == "done":
+            return None
         if status in ("running", "interrupted"):
             return "interrupted — resuming"
-        if status != "done":
-            return f"{status} last time — running again"
-        if entry.get("digest") == digest(inputs):
-            return None
-        if "inputs" not in entry:
-            return "inputs not recorded by an earlier vlmtune — running"
-        changed = changed_keys(entry["inputs"], inputs)
-        shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4
-                                          else "")
-        return f"inputs changed ({shown}) — running"
+        return f"{status} last time — running again"
 
-    def mark_done(self, stage: str, inputs: dict[str, Any]) -> None:
-        """Finished on exactly ``inputs`` (recorded with their digest)."""
+    def inputs_changed(self, stage: str, inputs: dict[str, Any]) -> bool:
+        """Whether the stage's last attempt (finished or not) used other inputs."""
         from vlmtune.pipelines.inputs import digest
 
-        self.mark(stage, "done", digest=digest(inputs), inputs=inputs)
+        entry = self.stages.get(stage, {})
+        return "digest" in entry and entry["digest"] != digest(inputs)
+
+    def mark_started(self, stage: str, inputs: dict[str, Any]) -> None:
+        """Running on exactly ``inputs`` (recorded with their digest)."""
+        from vlmtune.pipelines.inputs import digest
+
+        self.mark(stage, "running", digest=digest(inputs), inputs=inputs)
+
+    def mark_done(self, stage: str) -> None:
+        """Finished, on the inputs recorded by :meth:`mark_started`."""
+        self.mark(stage, "done")
 
     def mark(self, stage: str, status: str, **info: Any) -> None:
         entry = self.stages.setdefault(stage, {})
