@@ -76,7 +76,8 @@ def _key(*overrides: str, identity: dict | None = None) -> str:
 
 @pytest.mark.parametrize("override", ["benchmark.limit=3", "benchmark.scorers=[generate]",
                                       "benchmark.max_new_tokens=4", "train.num_workers=2",
-                                      "pipeline=eval_only", "tracking=disabled"])
+                                      "pipeline=eval_only", "tracking=disabled",
+                                      "preview.n=5", "device=cpu"])
 def test_run_key_ignores_evaluation_and_observation_settings(override, tmp_path):
     model = {"path": str(tmp_path)}
     assert _key(override, identity=model) == _key(identity=model)

@@ -39,7 +39,7 @@ class SweepSummary(Callback):
             link = job_dir / "run"
             if not link.exists() and not link.is_symlink():
                 os.symlink(value["run_dir"], link, target_is_directory=True)
-        else:
+        elif isinstance(value, BaseException):
             job["error"] = f"{type(value).__name__}: {value}"
         job_dir.mkdir(parents=True, exist_ok=True)
         (job_dir / "job.json").write_text(json.dumps(job, indent=2) + "\n", encoding="utf-8")
