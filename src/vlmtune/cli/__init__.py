@@ -105,9 +105,9 @@ def _check_command_line(args: list[str]) -> None:
         cfg = compose_recipe(overrides)
         if any(a.split("=")[0] in HYDRA_PRINT_FLAGS for a in args):
             return  # printing the recipe (--cfg job …) shows it even when a value is wrong
-        recipe = validate(cfg)
-        if recipe.tracking.enabled:
-            check_reachable(recipe.tracking.uri)
+        if cfg.tracking.enabled:  # first: validating may import torch (device=auto)
+            check_reachable(str(cfg.tracking.uri))
+        validate(cfg)
 
 
 def _task_overrides() -> tuple[list[str], str | None]:
