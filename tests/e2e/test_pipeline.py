@@ -39,6 +39,8 @@ def expected_files(max_iters: int, save_every: int, keep: int) -> set[str]:
     files |= {f"checkpoints/iter_{n}/{f}" for n in saved for f in ITER_FILES}
     files |= {f"eval/{label}/{BENCH}/{f}" for label in ("base", "tuned")
               for f in ("predictions.jsonl", "metrics.json")}
+    files |= {f"plots/{name}.png" for name in ("loss", "lr", "benchmarks", f"categories_{BENCH}",
+                                                f"confusion_{BENCH}")}
     return files
 
 

@@ -18,6 +18,7 @@ from vlmtune.data.templates import get_template
 from vlmtune.errors import ConfigError
 from vlmtune.evaluation import open_ended
 from vlmtune.evaluation.multiple_choice import MultipleChoiceScorer, load_items, summarize
+from vlmtune.evaluation.plots import publish_plots
 from vlmtune.evaluation.report import render_report, scorer_entries
 from vlmtune.models.loading import ensure_model_dir, load_model
 from vlmtune.models.methods import load_adapter
@@ -54,6 +55,7 @@ def run(ctx: RunContext) -> None:
                                                      kind)}
     samples = {bench.name: sample_generations(ctx)} if kind == "open_ended" else {}
     write_atomic(ctx.run_dir / "report.md", render_report(ctx.run_key, metrics, samples))
+    publish_plots(ctx.run_dir, ctx.tracker, {label: list(m) for label, m in metrics.items()})
     ctx.tracker.log_artifact(ctx.run_dir / "report.md")
     ctx.tracker.log_artifact(ctx.run_dir / "eval", "eval")
 

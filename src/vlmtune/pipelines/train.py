@@ -18,6 +18,7 @@ import torch
 from vlmtune.config.schema import resolve_device
 from vlmtune.data.collate import Collator, ConversationDataset
 from vlmtune.data.templates import get_template
+from vlmtune.evaluation.curves import StepLog
 from vlmtune.models.loading import DTYPES, ensure_model_dir, load_model
 from vlmtune.models.methods import apply_method, save_trained, saves_adapter
 from vlmtune.pipelines.context import RunContext
@@ -50,13 +51,18 @@ def run(ctx: RunContext) -> None:
         system=recipe.model.system_prompt, max_length=recipe.train.max_length)
     ctx.tracker.log_metrics({"train/trainable_params": tuned.trainable,
                              "train/total_params": tuned.total})
-    step_metrics = StepMetrics(ctx.tracker)
+    step_metrics, step_log = StepMetrics(ctx.tracker), StepLog(ctx.run_dir)
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        step_log(step, metrics)  # logs/steps.jsonl: the curves that plots and compare read
+        step_metrics(step, metrics)
+
     try:
         result = train(
             tuned.model, dataset=dataset,
             collate_fn=Collator(loaded.tokenizer.pad_token_id, loaded.images.collate),
             param_groups=tuned.param_groups, cfg=recipe.train, work_dir=ctx.run_dir / "logs",
-            checkpoint_dir=ctx.run_dir / "checkpoints", on_step=step_metrics,
+            checkpoint_dir=ctx.run_dir / "checkpoints", on_step=on_step,
             extra_meta={"run_key": ctx.run_key}, device=resolve_device(recipe.device),
             before_checkpoint=lambda step: step_metrics.flush())
     finally:
