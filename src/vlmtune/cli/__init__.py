@@ -10,9 +10,11 @@ did-you-mean); ``--wait`` is vlmtune's own flag, taken out before Hydra sees the
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 COMMANDS = {
     "run": "the whole pipeline (the recipe's pipeline.stages)",
@@ -26,6 +28,9 @@ COMMANDS = {
 # exposing ``main(argv: list[str]) -> int``; imported only when called.
 PLAIN_COMMANDS: dict[str, tuple[str, str]] = {
     "checkpoint": ("checkpoint", "convert / merge / inspect model directories"),
+    "retrain": ("retrain", "one scheduled retraining job: vlmtune retrain SPEC"),
+    "schedule": ("schedule", "install | list | remove | history of retraining schedules"),
+    "compare": ("compare", "metrics table, config diff and overlaid curves of runs"),
 }
 
 USAGE = "usage: vlmtune <command> [key=value ...] [-m] [--wait]\n\ncommands:\n" + "\n".join(
@@ -152,9 +157,13 @@ def _run(command: str, cfg, *, wait: bool = False) -> dict:
         print("vlmtune: interrupted; run the same command again to resume", file=sys.stderr)
         sys.exit(130)
     print_summary(result)
-    return {"overrides": overrides, "run_dir": str(result.run_dir.resolve()),
-            "run_key": result.run_key, "mlflow_run_id": result.mlflow_run_id,
-            "ran": result.ran, "skipped": result.skipped}
+    summary = {"overrides": overrides, "run_dir": str(result.run_dir.resolve()),
+               "run_key": result.run_key, "mlflow_run_id": result.mlflow_run_id,
+               "ran": result.ran, "skipped": result.skipped}
+    if path := os.environ.get("VLMTUNE_RESULT_FILE"):  # read by vlmtune retrain
+        uri = recipe.tracking.uri if recipe.tracking.enabled else None
+        Path(path).write_text(json.dumps({**summary, "tracking_uri": uri}), encoding="utf-8")
+    return summary
 
 
 def _offline_and_quiet() -> None:
