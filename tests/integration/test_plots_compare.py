@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -53,7 +54,7 @@ def test_a_run_writes_its_plots_embeds_and_logs_them(two_runs):
     logged = {a.path for a in client.list_artifacts(results[0].mlflow_run_id, "plots")}
     assert logged == {f"plots/{name}" for name in expected}
     local = client.download_artifacts(results[0].mlflow_run_id, "report.md")
-    assert "![" in open(local, encoding="utf-8").read()
+    assert Path(local).read_text() == (run_dir / "report.md").read_text()  # with the links
 
 
 def _primary(run_dir, label):
@@ -102,3 +103,13 @@ def test_compare_unknown_run_is_one_line_rc2(two_runs, capsys):
     assert not (root / "never").exists()
     assert cli_main(["compare", str(root / "missing_dir"), str(results[0].run_dir)]) == 2
     assert "missing_dir: no such run directory" in capsys.readouterr().err
+
+
+def test_an_open_ended_run_gets_curves_and_bars_only(demo_overrides):
+    fast = ["dataset=llava_example", "train.max_iters=2", "train.save_every=2",
+            "benchmark.limit=2", "benchmark.max_new_tokens=4"]
+    result = run_pipeline(validate(compose_recipe([*demo_overrides, *fast])))
+    expected = {"loss.png", "lr.png", "benchmarks.png"}  # no options: no confusion, categories
+    assert {p.name for p in (result.run_dir / "plots").iterdir()} == expected
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (result.run_dir / "report.md").read_text())
+    assert sorted(linked) == sorted(f"plots/{name}" for name in expected)
