@@ -36,7 +36,8 @@ def comparison_rows(metrics: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]
         kind = (t_res or b_res).get("kind", "multiple_choice")
         primary = (t_res or b_res).get("primary", {}).get("name")
         b_sc, t_sc = scorer_entries(b_res), scorer_entries(t_res)
-        for scorer in sorted(set(b_sc) | set(t_sc)):
+        first = (primary or "").split("/")[0]  # the primary scorer's rows first
+        for scorer in sorted(set(b_sc) | set(t_sc), key=lambda name: (name != first, name)):
             b_m, t_m = b_sc.get(scorer, {}), t_sc.get(scorer, {})
             ref = t_m or b_m
             chance = ref.get("chance")
