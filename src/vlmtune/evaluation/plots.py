@@ -173,20 +173,7 @@ def write_plots(run_dir: Path, scored: dict[str, list[str]] | None = None) -> li
         {b: next(iter(ps.values()))[0] for b, ps in primaries.items() if ps},
         out / "benchmarks.png"))
     for bench, by_label in sorted(results.items()):
-        rows = {label: _primary_rows(result, preds) for label, (result, preds) in by_label.items()}
-        cats: dict[str, dict[str, float]] = defaultdict(dict)
-        for label, label_rows in rows.items():
-            for cat, score in category_scores(label_rows).items():
-                cats[cat][label] = score
-        name, scorer = _safe(bench), _primary_scorer(next(iter(by_label.values()))[0])
-        written.append(plot_categories(dict(cats), out / f"categories_{name}.png",
-                                       title=f"{bench}: per category",
-                                       ylabel=f"{scorer or 'item'} accuracy"))
-        if all(r.get("kind", "multiple_choice") == "multiple_choice"
-               for r, _ in by_label.values()):
-            written.append(plot_confusion(
-                {label: confusion_counts(label_rows) for label, label_rows in rows.items()},
-                out / f"confusion_{name}.png", title=f"{bench}: chosen vs gold option"))
+        written += _benchmark_plots(out, bench, by_label)
     return [p for p in written if p is not None]
 
 
@@ -230,6 +217,26 @@ def publish_plots(run_dir: Path, tracker, scored: dict[str, list[str]] | None = 
     if paths:
         tracker.log_artifact(run_dir / PLOTS, PLOTS)
     return paths
+
+
+def _benchmark_plots(out: Path, bench: str, by_label: dict[str, tuple[dict, list[dict]]]
+                     ) -> list[Path | None]:
+    """Per category bars and (multiple choice) the confusion matrix of one benchmark, from
+    the predictions of its primary scorer."""
+    rows = {label: _primary_rows(result, preds) for label, (result, preds) in by_label.items()}
+    cats: dict[str, dict[str, float]] = defaultdict(dict)
+    for label, label_rows in rows.items():
+        for cat, score in category_scores(label_rows).items():
+            cats[cat][label] = score
+    name, scorer = _safe(bench), _primary_scorer(next(iter(by_label.values()))[0])
+    written = [plot_categories(dict(cats), out / f"categories_{name}.png",
+                               title=f"{bench}: per category",
+                               ylabel=f"{scorer or 'item'} accuracy")]
+    if all(r.get("kind", "multiple_choice") == "multiple_choice" for r, _ in by_label.values()):
+        written.append(plot_confusion(
+            {label: confusion_counts(label_rows) for label, label_rows in rows.items()},
+            out / f"confusion_{name}.png", title=f"{bench}: chosen vs gold option"))
+    return written
 
 
 def _primary_rows(result: dict, preds: list[dict]) -> list[dict]:
