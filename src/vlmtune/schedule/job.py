@@ -138,7 +138,7 @@ def _run_with_retries(spec: RetrainSpec, echo: Callable[[str], None],
             delay = spec.retries.backoff_s * 2 ** (attempt - 1)
             echo(f"retrain {spec.name}: retrying in {delay:g} s")
             sleep(delay)
-    failed.reason = f"{total} attempt(s) failed; last: {reason}"
+    failed.reason = reason
     return failed
 
 

@@ -100,7 +100,8 @@ def load_spec(spec: str) -> RetrainSpec:
 def parse_spec(raw: dict[str, Any], path: Path) -> RetrainSpec:
     """The validated spec; ``path`` names the file in errors and anchors relative paths."""
     def fail(key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{path}: {key} {problem}")
+        joint = "" if problem.startswith("=") else " "
+        return ConfigError(f"{path}: {key}{joint}{problem}")
 
     for key in ("name", "overrides", "trigger"):
         if key not in raw:
