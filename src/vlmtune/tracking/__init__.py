@@ -15,8 +15,11 @@ __all__ = ["MlflowTracker", "NullTracker", "StepMetrics", "Tracker", "check_reac
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from vlmtune.tracking import tracker
+    """Anything else public comes from :mod:`vlmtune.tracking.tracker` (imports mlflow)."""
+    if not name.startswith("_") and name != "tracker":
+        import importlib
 
-        return getattr(tracker, name)
+        tracker = importlib.import_module("vlmtune.tracking.tracker")
+        if hasattr(tracker, name):
+            return getattr(tracker, name)
     raise AttributeError(f"module 'vlmtune.tracking' has no attribute {name!r}")
