@@ -48,3 +48,8 @@ def test_multiple_choice_data_fits_a_multiple_choice_benchmark(tmp_path):
     preflight(validate(compose_recipe(["experiment=demo", "dataset=csv_example",
                                        "benchmark.kind=open_ended", f"cache_dir={tmp_path}"])),
               ["evaluate"])
+
+
+def test_qlora_without_adapters_is_refused_at_validation():
+    with pytest.raises(ConfigError, match=r"^method\.freeze='projector_only' trains no adapters"):
+        recipe_of("method=qlora", "method.freeze=projector_only")

@@ -133,6 +133,9 @@ class MethodConfig:
     def __post_init__(self) -> None:
         check_choice("method.name", self.name, METHODS)
         check_choice("method.freeze", self.freeze, FREEZE_PRESETS)
+        if self.name == "qlora" and self.freeze == "projector_only":
+            raise ConfigError("method.freeze='projector_only' trains no adapters, and a 4-bit "
+                              "base is only trained through them; use method=lora (or full)")
         if self.name == "qlora" and (missing := qlora_missing()):
             raise ConfigError("method.name='qlora' needs " + " and ".join(missing) +
                               " (4-bit NF4 base weights run on CUDA only); use method=lora on "
