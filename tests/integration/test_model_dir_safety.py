@@ -80,7 +80,8 @@ def test_config_only_directory_is_refused_untouched(tiny_model_dir, demo_overrid
     shutil.copy(model_dir / "config.json", partial / "config.json")
     before = checksums(partial)
     recipe = validate(compose_recipe([*demo_overrides, f"model.path={partial}", *FAST]))
-    with pytest.raises(ConfigError, match=r"model\.path=.*partial.*no weights .*no a tokenizer"):
+    with pytest.raises(ConfigError,
+                       match=r"model\.path=.*partial.*lacks weights .*and tokenizer files"):
         preflight(recipe, STAGES)
     assert checksums(partial) == before
 

@@ -106,10 +106,10 @@ def check_model_dir(path: Path) -> None:
     if not (names & set(WEIGHT_FILES) or any(n.endswith(".safetensors") for n in names)):
         missing.append("weights (" + " / ".join(WEIGHT_FILES[:3]) + ")")
     if not (names & set(TOKENIZER_FILES) or any(n.endswith(".tiktoken") for n in names)):
-        missing.append("a tokenizer (" + " / ".join(TOKENIZER_FILES[:2]) + ")")
+        missing.append("tokenizer files (" + " / ".join(TOKENIZER_FILES[:2]) + ")")
     if missing:
-        raise ConfigError(f"model.path={str(path)!r} has config.json but no "
-                          f"{' and no '.join(missing)}; it must be a complete model directory "
+        raise ConfigError(f"model.path={str(path)!r} has config.json but lacks "
+                          f"{' and '.join(missing)}; it must be a complete model directory "
                           "(save_pretrained of the model and of its tokenizer)")
 
 
