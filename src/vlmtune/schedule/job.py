@@ -90,7 +90,7 @@ def _locked_job(spec: RetrainSpec, echo: Callable[[str], None],
         outcome = JobOutcome("skipped", f"no new data in {spec.trigger.root} since the job of "
                              f"{last.get('end')} (run {last.get('run_id')})",
                              data_fingerprint=fingerprint.digest, champion_version=champion)
-        echo(f"retrain {spec.name}: no new data; {outcome.reason}")
+        echo(f"retrain {spec.name}: {outcome.reason}")
     else:
         why = ("trigger.when=always" if spec.trigger.when == "always" else
                "first job" if state.last_fingerprint is None else "new data")

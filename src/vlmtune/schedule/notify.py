@@ -19,7 +19,7 @@ def notify(command: str | None, summary: dict[str, Any]) -> str | None:
     succeeded (or there is no command). A failing notifier never fails the job."""
     if not command:
         return None
-    payload = json.dumps({k: summary.get(k) for k in FIELDS}, sort_keys=True)
+    payload = json.dumps({k: summary.get(k) for k in FIELDS}, sort_keys=True) + "\n"
     try:
         done = subprocess.run(command, shell=True, input=payload, text=True,
                               capture_output=True, timeout=TIMEOUT_S)
