@@ -48,9 +48,19 @@ class JobOutcome:
     champion_version: str | None = None
     tracking_uri: str | None = None  # where the run is tracked (None: tracking disabled)
 
+    terminated: bool = False  # stopped by SIGTERM (not retried)
+
     @property
     def exit_code(self) -> int:
+        if self.terminated:
+            return 128 + signal.SIGTERM
         return 1 if self.outcome == "failed" else 0
+
+
+class JobTerminated(Exception):
+    """SIGTERM reached the job: the pipeline child was asked to stop; no retry."""
+
+    attempts = 0
 
 
 @dataclass
@@ -97,7 +107,11 @@ def _locked_job(spec: RetrainSpec, echo: Callable[[str], None],
         echo(f"retrain {spec.name}: {why} in {spec.trigger.root} (fingerprint "
              f"{fingerprint.digest[:12]}, {fingerprint.hashed} file(s) read); running the "
              "pipeline")
-        outcome = _run_with_retries(spec, echo, sleep)
+        try:
+            outcome = _run_with_retries(spec, echo, sleep)
+        except JobTerminated as stop:
+            outcome = JobOutcome("failed", "terminated by SIGTERM; the next job resumes the run",
+                                 attempts=stop.attempts, terminated=True)
         outcome.data_fingerprint = fingerprint.digest
         if outcome.outcome == "failed":
             outcome.champion_version = champion
@@ -121,7 +135,11 @@ def _run_with_retries(spec: RetrainSpec, echo: Callable[[str], None],
     result_file = spec.state_dir / "attempt.json"
     failed = JobOutcome("failed", "", attempts=total)
     for attempt in range(1, total + 1):
-        done = run_attempt(spec, result_file)
+        try:
+            done = run_attempt(spec, result_file)
+        except JobTerminated as stop:
+            stop.attempts = attempt
+            raise
         if done.result is not None:
             outcome = gate_outcome(Path(done.result["run_dir"]))
             outcome.attempts = attempt
@@ -155,7 +173,13 @@ def run_attempt(spec: RetrainSpec, result_file: Path) -> Attempt:
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     child = subprocess.Popen(pipeline_command(spec), env=env, stderr=subprocess.PIPE,
                              text=True, errors="replace", preexec_fn=_die_with_parent)
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.terminate())
+    terminated = []
+
+    def stop(signum, frame) -> None:
+        terminated.append(signum)
+        child.terminate()  # the pipeline records its MLflow run as KILLED and exits
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         assert child.stderr is not None
         for line in child.stderr:
@@ -164,6 +188,8 @@ def run_attempt(spec: RetrainSpec, result_file: Path) -> Attempt:
         returncode = child.wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if terminated:
+        raise JobTerminated()
     if returncode == 0 and result_file.exists():
         return Attempt(0, json.loads(result_file.read_text(encoding="utf-8")), "")
     return Attempt(returncode, None, _failure_reason(returncode, list(tail)))
