@@ -50,6 +50,8 @@ def token_counter(recipe: RecipeConfig) -> tuple[Any, dict]:
     """(count_tokens, description) for ``dataset.max_tokens``; (None, why not) when unset or
     when ``model.path`` holds no model (preflight builds vlmtune's cached tiny model first;
     another absent path is left alone: only ingest needs no model)."""
+    from vlmtune.convert.cache import native_model_dir
+
     cfg, model_dir = recipe.dataset, Path(recipe.model.path)
     if cfg.max_tokens is None:
         return None, {"max_tokens": None, "status": "not requested"}
@@ -59,6 +61,7 @@ def token_counter(recipe: RecipeConfig) -> tuple[Any, dict]:
                     "records whose image tokens do not fit train.max_length", cfg.max_tokens,
                     note)
         return None, {"max_tokens": cfg.max_tokens, "status": note}
+    model_dir = native_model_dir(model_dir, recipe.cache_dir)  # official layout → its HF copy
     try:
         counter = TokenCounter(model_dir, recipe, dataset_root(cfg) / cfg.image_dir)
     except (AttributeError, TypeError) as err:  # a pipeline that needs more than the config
