@@ -103,6 +103,10 @@ def test_card_composes_validates_and_is_what_the_recipe_holds(group, name):
 @pytest.mark.parametrize("preset", FREEZE_PRESETS)
 def test_every_method_and_freeze_preset_composes_and_validates(method, preset):
     cfg = compose_recipe(["experiment=demo", f"method={method}", f"method.freeze={preset}"])
+    if (method, preset) == ("qlora", "projector_only"):  # no adapters on a 4-bit base: refused
+        with pytest.raises(ConfigError, match=r"^method.freeze='projector_only' trains no"):
+            validate(cfg)
+        return
     recipe = validate_or_expect_qlora_refusal(cfg)
     if recipe is not None:
         assert (recipe.method.name, recipe.method.freeze) == (method, preset)
