@@ -58,6 +58,9 @@ def test_cron_install_round_trips_through_crontab(spec, home, tmp_path, crontab)
                    text=True, check=True)
     expected = (f"0 3 * * * cd {tmp_path} && {VLMTUNE} retrain {spec} >> "
                 f"{tmp_path}/cache/schedule/h10-sched-test/cron.log 2>&1 # vlmtune:h10-sched-test")
+    dry = schedule("install", str(spec), "--cron", "0 3 * * *", "--backend", "cron",
+                   "--dry-run", home=home, cwd=tmp_path)
+    assert dry.stdout == expected + "\n" and expected not in crontab_lines()
     for _ in range(2):  # idempotent
         out = schedule("install", str(spec), "--cron", "0 3 * * *", "--backend", "cron",
                        home=home, cwd=tmp_path)
