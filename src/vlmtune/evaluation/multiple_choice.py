@@ -165,6 +165,27 @@ class MultipleChoiceScorer:
         return scores
 
     @torch.no_grad()
+    def generate_ids(self, prompts: list[tuple[list[int], dict[str, torch.Tensor]]],
+                     max_new_tokens: int) -> list[list[int]]:
+        """Greedy continuations of a batch of prompts (ids + image tensors), one call.
+
+        Left-padded with an attention mask (generation derives each row's positions from it)
+        and the KV cache on; each row stops at its first stop id (the checkpoint's eos ids and
+        the template's end token), kept as its last token, and rows that stopped wait as
+        padding for the rest. Each row's ids equal those of generating it alone.
+        """
+        input_ids, attention = _pad([ids for ids, _ in prompts], self.tok.pad_token_id,
+                                    left=True)
+        device = self._device()
+        stops = stop_token_ids(self.tok, self.template, self.lm.model.generation_config)
+        out = self.lm.model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention.to(device),
+            **self._image_inputs([t for _, t in prompts]),
+            max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tok.pad_token_id,
+            eos_token_id=stops)
+        return [_until_stop(row.tolist(), set(stops)) for row in out[:, input_ids.shape[1]:]]
+
+    @torch.no_grad()
     def generate(self, items: list[MCItem], batch_size: int, max_new_tokens: int,
                  label: str) -> list[dict]:
         preds = []
@@ -177,17 +198,8 @@ class MultipleChoiceScorer:
                 prompts = [(ids + (encode_reply(self.tok, item.assistant_prefix, self.template,
                                                 end=False) if item.assistant_prefix else []),
                             tensors) for item, (ids, tensors) in zip(chunk, prompts, strict=True)]
-                input_ids, attention = _pad([p for p, _ in prompts], self.tok.pad_token_id,
-                                            left=True)
-                device = self._device()
-                out = self.lm.model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                    **self._image_inputs([t for _, t in prompts]),
-                    max_new_tokens=max_new_tokens, do_sample=False,
-                    pad_token_id=self.tok.pad_token_id,
-                    eos_token_id=stop_token_ids(self.tok, self.template,
-                                                self.lm.model.generation_config))
-                for item, row in zip(chunk, out[:, input_ids.shape[1]:], strict=True):
+                for item, row in zip(chunk, self.generate_ids(prompts, max_new_tokens),
+                                     strict=True):
                     text = self.tok.decode(row, skip_special_tokens=True)
                     preds.append(_prediction(item, parse_letter(text, item.letters), output=text))
                 bar.update(advance=len(chunk))
@@ -220,6 +232,12 @@ def _token_logps(step_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     """log p(target_t | ...) per position, in fp32, on the CPU."""
     logp = F.log_softmax(step_logits.float(), dim=-1)
     return logp.gather(1, targets[:, None])[:, 0].cpu()
+
+
+def _until_stop(row: list[int], stops: set[int]) -> list[int]:
+    """``row`` up to and including its first stop id (the padding after it dropped)."""
+    end = next((i for i, t in enumerate(row) if t in stops), None)
+    return row if end is None else row[:end + 1]
 
 
 def _needs_pixels_every_call(model: Any) -> bool:

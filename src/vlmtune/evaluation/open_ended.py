@@ -22,12 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmtune.data.images import open_image
-from vlmtune.data.templates import (
-    IGNORE_INDEX,
-    ChatTemplate,
-    encode_conversation,
-    stop_token_ids,
-)
+from vlmtune.data.templates import IGNORE_INDEX, ChatTemplate, encode_conversation
 from vlmtune.evaluation.multiple_choice import MultipleChoiceScorer, _pad
 from vlmtune.models.loading import LoadedModel
 from vlmtune.progress import progress_bar
@@ -165,17 +160,8 @@ class OpenEndedScorer:
                 for item in chunk:
                     ids, labels, tensors = self._encode(item)
                     prompts.append((ids[:_last_reply_start(labels)], tensors))
-                input_ids, attention = _pad([p for p, _ in prompts], self.tok.pad_token_id,
-                                            left=True)
-                device = self._device()
-                out = self.lm.model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                    **self._mc._image_inputs([t for _, t in prompts]),
-                    max_new_tokens=max_new_tokens, do_sample=False,
-                    pad_token_id=self.tok.pad_token_id,
-                    eos_token_id=stop_token_ids(self.tok, self.template,
-                                                self.lm.model.generation_config))
-                for item, row in zip(chunk, out[:, input_ids.shape[1]:], strict=True):
+                for item, row in zip(chunk, self._mc.generate_ids(prompts, max_new_tokens),
+                                     strict=True):
                     text = self._strip_end(self.tok.decode(row, skip_special_tokens=True))
                     preds.append({"id": item.id, "question": item.question,
                                   "reference": item.reference, "output": text,
