@@ -107,10 +107,14 @@ def lock_is_free(path: Path) -> bool:
     return True
 
 
-def mlflow_run(tmp_path: Path, run_id: str):
+def mlflow_client(tmp_path: Path):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
+    return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def mlflow_run(tmp_path: Path, run_id: str):
+    return mlflow_client(tmp_path).get_run(run_id)
 
 
 def needs_register_stage() -> None:
@@ -139,6 +143,7 @@ def test_kill_resume_promote_noop_then_new_data_gated_once(tmp_path, tiny_model_
     stages = json.loads((run_dir / "pipeline_state.json").read_text())["stages"]
     assert stages["train"]["status"] != "done"
     assert not (run_dir / "registry.json").exists()  # no champion from an unfinished run
+    assert mlflow_client(tmp_path).search_model_versions() == []
     assert not (tmp_path / "state" / "state.json").exists()
 
     # 2. the next invocation takes the lock over, resumes that run and promotes it
@@ -156,6 +161,8 @@ def test_kill_resume_promote_noop_then_new_data_gated_once(tmp_path, tiny_model_
     assert first["spec"] == NAME and len(first["data_fingerprint"]) == 32
     run = mlflow_run(tmp_path, first["run_id"])
     assert run.info.status == "FINISHED"
+    champion = mlflow_client(tmp_path).get_model_version(decision["model"], decision["version"])
+    assert champion.run_id == first["run_id"]  # the champion is the resumed, finished run
     assert run.data.tags["vlmtune.schedule"] == NAME
     assert run.data.tags["vlmtune.schedule.outcome"] == "promoted"
 
@@ -185,6 +192,11 @@ def test_kill_resume_promote_noop_then_new_data_gated_once(tmp_path, tiny_model_
     assert [h["outcome"] for h in history(tmp_path)] == ["promoted", "skipped",
                                                          gated["decision"]]
     assert history(tmp_path)[-1]["run_dir"] == str(new_dir)
+    champion_version = notifications(tmp_path)[-1]["champion_version"]
+    champion = mlflow_client(tmp_path).get_model_version(decision["model"], champion_version)
+    assert mlflow_run(tmp_path, champion.run_id).info.status == "FINISHED"
+    expected = gated["version"] if gated["decision"] == "promoted" else decision["version"]
+    assert champion_version == str(expected)
 
     shown = subprocess.run([VLMTUNE, "schedule", "history", str(spec)], cwd=tmp_path,
                            capture_output=True, text=True, timeout=60)
