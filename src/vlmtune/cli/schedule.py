@@ -31,8 +31,9 @@ def main(argv: list[str]) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlmtune schedule",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="vlmtune schedule", description="Run `vlmtune retrain SPEC` on a schedule: cron, "
+        "systemd timers or a Kubernetes CronJob; list, remove, and show a spec's history.")
     sub = parser.add_subparsers(dest="action", required=True)
     install = sub.add_parser("install", help="install a schedule for a retrain spec")
     install.add_argument("spec", help="a retrain spec YAML, or a card name in recipes/schedule/")
