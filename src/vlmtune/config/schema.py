@@ -28,6 +28,8 @@ SCORERS = ("likelihood", "generate")
 BENCHMARK_KINDS = ("auto", "multiple_choice", "open_ended")
 STAGES = ("ingest", "train", "convert", "evaluate")
 PRECISIONS = ("bf16", "fp16", "fp32")
+LAUNCHERS = ("none", "torchrun")
+STRATEGIES = ("ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -338,6 +340,50 @@ class PipelineConfig:
 
 
 @dataclass
+class LauncherConfig:
+    """How the train stage is started: in this process (none), or under torchrun with one
+    DDP process per device (``train.batch_size`` is then each process's micro-batch)."""
+
+    name: str = "none"
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    # 0: a free port picked on this machine (single node only).
+    master_port: int = 0
+    # Elastic rendezvous (multi-node without a fixed master): e.g. c10d + host:port.
+    rdzv_backend: str | None = None
+    rdzv_endpoint: str | None = None
+    rdzv_id: str | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("launcher.name", self.name, LAUNCHERS)
+        check_range("launcher.nproc_per_node", self.nproc_per_node, 1)
+        check_range("launcher.nnodes", self.nnodes, 1)
+        check_range("launcher.node_rank", self.node_rank, 0, self.nnodes - 1)
+        check_range("launcher.master_port", self.master_port, 0, 65535)
+        if self.nnodes > 1 and not self.master_port and not self.rdzv_endpoint:
+            raise ConfigError("launcher.nnodes > 1 needs launcher.master_port (and master_addr) "
+                              "or launcher.rdzv_endpoint: every node must reach the same one")
+
+
+@dataclass
+class StrategyConfig:
+    """The distributed engine of the train stage: ddp (mmengine Runner), or mmengine's
+    FlexibleRunner with DeepSpeed ZeRO-2/3 or FSDP (CUDA, experimental)."""
+
+    name: str = "ddp"
+    # DeepSpeed: offload optimizer states to the CPU (ZeRO-Offload).
+    offload_optimizer: bool = False
+    # FSDP: how checkpoints are gathered (full: one state dict on rank 0; local: per rank).
+    state_dict_type: str = "full"
+
+    def __post_init__(self) -> None:
+        check_choice("strategy.name", self.name, STRATEGIES)
+        check_choice("strategy.state_dict_type", self.state_dict_type, ("full", "local"))
+
+
+@dataclass
 class PreviewConfig:
     """``vlmtune preview``: how many records per split, and an optional JSON Lines file."""
 
@@ -365,6 +411,8 @@ class RecipeConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     preview: PreviewConfig = field(default_factory=PreviewConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
 
     def __post_init__(self) -> None:
         if not self.experiment_name or "/" in self.experiment_name:
@@ -374,5 +422,9 @@ class RecipeConfig:
         if self.train.precision == "fp16" and not device.startswith("cuda"):
             raise ConfigError(f"train.precision='fp16' needs CUDA (device={self.device!r} runs "
                               "on the CPU); use train.precision=bf16 or fp32")
+        if self.strategy.name != "ddp":
+            from vlmtune.training.strategies import check_strategy  # torch, deepspeed
+
+            check_strategy(self.strategy.name, device, self.launcher.name)
         # not a config key: where model.build=auto may build (vlmtune's own model cache)
         self.model.cache_dir = self.cache_dir

@@ -23,7 +23,7 @@ from vlmtune.config.schema import RecipeConfig
 from vlmtune.errors import ConfigError
 
 GROUPS = ("model", "method", "train", "dataset", "benchmark", "tracking", "pipeline",
-          "experiment")
+          "experiment", "launcher", "strategy")
 # Names other trainers use for our keys (HF Trainer, LLaVA, XTuner, peft).
 ALIASES = {
     "learning_rate": "lr", "lora_r": "r", "rank": "r", "lora_alpha": "alpha",

@@ -24,6 +24,7 @@ from vlmtune.models.methods import apply_method, save_trained, saves_adapter
 from vlmtune.pipelines.context import RunContext
 from vlmtune.pipelines.preflight import check_license
 from vlmtune.tracking import StepMetrics
+from vlmtune.training import distributed
 from vlmtune.training.engine import train
 from vlmtune.training.precision import cast_trainable
 
@@ -34,7 +35,22 @@ def output_dir(ctx: RunContext) -> Path:
     return ctx.run_dir / ("adapter" if saves_adapter(ctx.recipe.method) else "trained")
 
 
+WORKER_MODULE = "vlmtune.pipelines.train_worker"
+
+
 def run(ctx: RunContext) -> None:
+    """Train here, or (``launcher=torchrun``) in torchrun's workers, waiting for them."""
+    launcher = ctx.recipe.launcher
+    if launcher.name == "torchrun" and not distributed.in_worker():
+        check_license(ctx.recipe.dataset)
+        ctx.manifest()  # fail here, once, when ingest has not run
+        distributed.launch(launcher, WORKER_MODULE, [str(ctx.run_dir), ctx.run_key])
+        return
+    run_here(ctx, resolve_device(ctx.recipe.device))
+
+
+def run_here(ctx: RunContext, device: str) -> None:
+    """The train stage in this process (one of several under DDP: rank 0 alone writes)."""
     recipe = ctx.recipe
     check_license(recipe.dataset)
     manifest = ctx.manifest()
@@ -63,10 +79,12 @@ def run(ctx: RunContext) -> None:
             collate_fn=Collator(loaded.tokenizer.pad_token_id, loaded.images.collate),
             param_groups=tuned.param_groups, cfg=recipe.train, work_dir=ctx.run_dir / "logs",
             checkpoint_dir=ctx.run_dir / "checkpoints", on_step=on_step,
-            extra_meta={"run_key": ctx.run_key}, device=resolve_device(recipe.device),
+            extra_meta={"run_key": ctx.run_key}, device=device,
             before_checkpoint=lambda step: step_metrics.flush())
     finally:
         step_metrics.flush()  # also when interrupted: every logged step reaches MLflow
+    if not distributed.is_main():
+        return
     cast_trainable(tuned.model, DTYPES[recipe.model.dtype])  # trained in fp32, saved in dtype
     if result.resumed_from is not None:
         log.info("train: resumed at iteration %d of %d", result.resumed_from, result.iterations)

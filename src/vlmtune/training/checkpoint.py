@@ -48,7 +48,10 @@ def save_checkpoint(ckpt_root: Path, iteration: int, *, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, schedulers: list[Any],
                     extra: dict[str, Any] | None = None,
                     sampler: dict[str, Any] | None = None,
-                    scaler: dict[str, Any] | None = None) -> Path:
+                    scaler: dict[str, Any] | None = None,
+                    ranks: list[dict[str, Any]] | None = None) -> Path:
+    """Write ``iter_<iteration>/`` atomically; ``ranks``: every DDP rank's random state
+    (:func:`rng_state` of each, by rank), restored per rank on resume."""
     final = ckpt_root / f"iter_{iteration}"
     tmp = ckpt_root / f".iter_{iteration}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -57,7 +60,7 @@ def save_checkpoint(ckpt_root: Path, iteration: int, *, model: torch.nn.Module,
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save([s.state_dict() for s in schedulers], tmp / "scheduler.pt")
     state = {**_rng_state(), **({"sampler": sampler} if sampler else {}),
-             **({"scaler": scaler} if scaler else {})}
+             **({"scaler": scaler} if scaler else {}), **({"ranks": ranks} if ranks else {})}
     torch.save(state, tmp / "rng.pt")
     (tmp / "meta.json").write_text(json.dumps({"iteration": iteration, **(extra or {})}, indent=2))
     (tmp / MARKER).write_text("ok\n")
@@ -119,6 +122,11 @@ def load_training_state(ckpt: Path, *, optimizer: torch.optim.Optimizer,
     for scheduler, state in zip(schedulers, states, strict=True):
         scheduler.load_state_dict(state)
     return torch.load(ckpt / "rng.pt", weights_only=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random state (torch CPU and CUDA, Python, NumPy)."""
+    return _rng_state()
 
 
 def _rng_state() -> dict[str, Any]:

@@ -9,22 +9,25 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import tempfile
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from mmengine.model import BaseModel
+from mmengine.model import BaseModel, MMDistributedDataParallel
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.runner import Runner
 from torch.utils.data import DataLoader, Dataset
 
 from vlmtune.config.schema import TrainConfig
 from vlmtune.errors import ConfigError
-from vlmtune.progress import progress_bar
+from vlmtune.progress import Bar, progress_bar
 from vlmtune.training import checkpoint as ckpt_io
+from vlmtune.training import distributed
 from vlmtune.training import precision as prec
 from vlmtune.training.hooks import CheckpointHook, ResumeHook, StepCallback, StepMetricsHook
 from vlmtune.training.packing import PackedCollator, PackedDataset, packing_error
@@ -87,17 +90,22 @@ def total_iterations(cfg: TrainConfig, batches_per_epoch: int) -> int:
     return math.ceil(batches_per_epoch * cfg.epochs / cfg.grad_accum) * cfg.grad_accum
 
 
-def build_batch_sampler(dataset: Dataset, cfg: TrainConfig, start: int = 0) -> EpochBatchSampler:
+def build_batch_sampler(dataset: Dataset, cfg: TrainConfig, start: int = 0, *, rank: int = 0,
+                        world_size: int = 1) -> EpochBatchSampler:
     """Length-grouped batches (``train.group_by_length``) if the dataset tells each sample's
     modality and length (``modality_lengths()``), else seeded shuffled batches; the first
-    ``start`` batches are skipped without being drawn."""
+    ``start`` batches are skipped without being drawn. Under DDP a global batch holds
+    ``train.batch_size`` samples per rank and each rank draws its own disjoint share."""
+    size = cfg.batch_size * world_size
     if cfg.group_by_length and hasattr(dataset, "modality_lengths"):
-        return LengthGroupedBatchSampler(dataset.modality_lengths(), cfg.batch_size, cfg.seed,
-                                         start)
-    if cfg.group_by_length:
-        log.info("train.group_by_length: %s has no modality_lengths(); shuffling instead",
-                 type(dataset).__name__)
-    return ShuffleBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start)
+        sampler: EpochBatchSampler = LengthGroupedBatchSampler(dataset.modality_lengths(), size,
+                                                               cfg.seed, start)
+    else:
+        if cfg.group_by_length:
+            log.info("train.group_by_length: %s has no modality_lengths(); shuffling instead",
+                     type(dataset).__name__)
+        sampler = ShuffleBatchSampler(len(dataset), size, cfg.seed, start)
+    return sampler.shard(rank, world_size)
 
 
 def train(model: torch.nn.Module, *, dataset: Dataset, collate_fn, param_groups: list[dict],
@@ -128,7 +136,8 @@ def _train(model, dataset, collate_fn, param_groups, cfg, work_dir, checkpoint_d
                               f"text-only (modality_lengths()); {type(dataset).__name__} does not")
         dataset, collate_fn = _packed(model, dataset, collate_fn, cfg,
                                       autocast or prec.autocast_dtype(model, "fp32"))
-    batch_sampler = build_batch_sampler(dataset, cfg)
+    batch_sampler = build_batch_sampler(dataset, cfg, rank=distributed.rank(),
+                                        world_size=distributed.world_size())
     max_iters = total_iterations(cfg, len(batch_sampler))
     resume = ckpt_io.latest_checkpoint(checkpoint_dir)
     if resume is not None and resume.iteration >= max_iters:
@@ -146,7 +155,11 @@ def _train(model, dataset, collate_fn, param_groups, cfg, work_dir, checkpoint_d
     optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     log.info("train: precision %s on %s%s", precision, device,
              f" (autocast to {autocast})" if autocast else "")
-    with progress_bar("train", total=max_iters, completed=done) as bar:
+    main = distributed.is_main()  # rank 0 alone logs, draws progress and writes the run dir
+    logs = work_dir if main else Path(tempfile.mkdtemp(prefix="vlmtune-rank-"))
+    bars = (progress_bar("train", total=max_iters, completed=done) if main
+            else nullcontext(Bar(None, None)))
+    with bars as bar:
         hooks = [StepMetricsHook(on_step, bar),
                  CheckpointHook(checkpoint_dir, cfg.save_every, cfg.keep_last_n, max_iters,
                                 extra_meta, before_save=before_checkpoint)]
@@ -155,7 +168,7 @@ def _train(model, dataset, collate_fn, param_groups, cfg, work_dir, checkpoint_d
         runner = _Runner(
             device=device,
             model=_LossModel(model, device=device, autocast_dtype=autocast),
-            work_dir=str(work_dir),
+            work_dir=str(logs),
             train_dataloader=loader,
             train_cfg={"by_epoch": False, "max_iters": max_iters, "val_interval": max_iters + 1},
             optim_wrapper=_optim_wrapper(optimizer, cfg, precision if amp else None),
@@ -176,14 +189,22 @@ def _train(model, dataset, collate_fn, param_groups, cfg, work_dir, checkpoint_d
 
 class _Runner(Runner):
     """mmengine's Runner, moving the model to ``device`` (its own moves it to the first CUDA
-    device whenever one exists, whatever was asked)."""
+    device whenever one exists, whatever was asked) and, in a process group of several
+    ranks, wrapping it in DDP (mmengine's ``launcher='pytorch'`` would pass CUDA device ids,
+    which gloo on the CPU refuses)."""
 
     def __init__(self, *, device: str, **kwargs: Any) -> None:
         self._device = device
         super().__init__(**kwargs)
 
     def wrap_model(self, model_wrapper_cfg, model):
-        return model.to(self._device)  # the data preprocessor follows: batches go there too
+        model = model.to(self._device)  # the data preprocessor follows: batches go there too
+        if distributed.world_size() == 1:
+            return model
+        ids = [torch.device(self._device).index] if self._device.startswith("cuda") else None
+        # Unused parameters: a text-only batch leaves the projector without gradients.
+        return MMDistributedDataParallel(module=model, device_ids=ids,
+                                         find_unused_parameters=True)
 
 
 def _optim_wrapper(optimizer: torch.optim.Optimizer, cfg: TrainConfig,

@@ -13,10 +13,17 @@ from mmengine.hooks import Hook
 from vlmtune.errors import CheckpointError
 from vlmtune.progress import Bar
 from vlmtune.training import checkpoint as ckpt_io
+from vlmtune.training import distributed
 
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, dict[str, float]], None]
+
+
+def _inner_model(runner) -> Any:
+    """The model being trained, under mmengine's DDP wrapper when there is one."""
+    model = runner.model
+    return getattr(model, "module", model).model
 
 
 def _schedulers(runner) -> list[Any]:
@@ -25,7 +32,10 @@ def _schedulers(runner) -> list[Any]:
 
 
 class StepMetricsHook(Hook):
-    """Reports loss, learning rate and tokens/s of every iteration; moves the progress bar."""
+    """Reports loss, learning rate and tokens/s of every iteration; moves the progress bar.
+
+    Under DDP the loss is the mean of every rank's and the tokens their sum, reported by rank 0
+    alone (once per step)."""
 
     priority = "NORMAL"  # before ParamSchedulerHook (LOW): the lr is the one this step used
 
@@ -41,6 +51,9 @@ class StepMetricsHook(Hook):
         step = runner.iter + 1
         loss = float(outputs["loss"].detach()) if outputs else float("nan")
         tokens = int(data_batch["attention_mask"].sum()) if data_batch else 0
+        loss, tokens = distributed.mean_loss_total_tokens(loss, tokens)
+        if not distributed.is_main():
+            return
         seconds = max(time.perf_counter() - self._start, 1e-9)
         metrics = {"train/loss": loss, "train/lr": runner.optim_wrapper.get_lr()["lr"][0],
                    "train/tokens_per_s": tokens / seconds}
@@ -72,15 +85,18 @@ class CheckpointHook(Hook):
             raise CheckpointError(f"iteration {step} is not an optimizer step (grad_accum "
                                   f"{optim_wrapper._accumulative_counts}): refusing to save "
                                   "a checkpoint with gradients still accumulating")
+        ranks = distributed.gather(ckpt_io.rng_state())  # DDP: each rank's random state
+        if not distributed.is_main():
+            return  # rank 0 alone writes checkpoints
         if self.before_save is not None:
             self.before_save(step)
-        model = runner.model.model
+        model = _inner_model(runner)
         sampler = runner.train_loop.dataloader.batch_sampler
         path = ckpt_io.save_checkpoint(self.root, step, model=model,
                                        optimizer=optim_wrapper.optimizer,
                                        schedulers=_schedulers(runner), extra=self.extra,
                                        sampler=_sampler_state(sampler, step),
-                                       scaler=_scaler_state(optim_wrapper))
+                                       scaler=_scaler_state(optim_wrapper), ranks=ranks)
         pruned = ckpt_io.prune_checkpoints(self.root, self.keep)
         log.info("saved %s%s", path, f" (pruned {len(pruned)})" if pruned else "")
 
@@ -112,9 +128,10 @@ class ResumeHook(Hook):
 
     def before_train(self, runner) -> None:
         path, step = self.checkpoint.path, self.checkpoint.iteration
-        ckpt_io.load_trainable(runner.model.model, path)
+        ckpt_io.load_trainable(_inner_model(runner), path)
         self._rng = ckpt_io.load_training_state(path, optimizer=runner.optim_wrapper.optimizer,
                                                 schedulers=_schedulers(runner))
+        self._rng = _this_ranks(self._rng, path)
         scaler = self._rng.pop("scaler", None)
         if scaler is not None and getattr(runner.optim_wrapper, "loss_scaler", None) is not None:
             runner.optim_wrapper.loss_scaler.load_state_dict(scaler)
@@ -138,6 +155,21 @@ class ResumeHook(Hook):
                                       "mmengine 0.10 does; cannot resume without it")
             ckpt_io.restore_rng(self._rng)
             self._rng = None
+
+
+def _this_ranks(state: dict[str, Any], path: Path) -> dict[str, Any]:
+    """This rank's random state from a checkpoint's (rank 0's own, plus ``ranks`` under DDP;
+    the sampler and scaler entries are shared)."""
+    ranks = state.pop("ranks", None)
+    world, rank = distributed.world_size(), distributed.rank()
+    if ranks is None and world == 1:
+        return state
+    if ranks is None or len(ranks) != world:
+        log.warning("%s holds the random state of %s process(es), this run has %d: not "
+                    "restoring it per rank", path, len(ranks) if ranks else 1, world)
+        return state
+    shared = {k: state[k] for k in ("sampler", "scaler") if k in state}
+    return {**ranks[rank], **shared}
 
 
 class SkipReplay:

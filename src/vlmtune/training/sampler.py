@@ -52,6 +52,7 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     kind = "base"
     sampler = None  # mmengine's DistSamplerSeedHook looks for ``batch_sampler.sampler``
+    rank, world_size = 0, 1  # see shard()
 
     def __init__(self, batch_size: int, seed: int, start: int = 0) -> None:
         if batch_size < 1:
@@ -68,18 +69,34 @@ class EpochBatchSampler(Sampler[list[int]]):
         """(epoch, batch within it) after ``batches`` batches."""
         return divmod(batches, len(self))
 
+    def shard(self, rank: int, world_size: int) -> EpochBatchSampler:
+        """Yield only rank ``rank``'s share of each (global) batch: samples ``rank``,
+        ``rank + world_size``, … of it, so the ranks' shares are disjoint; a batch with fewer
+        samples than ranks is repeated cyclically first (no rank gets an empty one)."""
+        self.rank, self.world_size = rank, world_size
+        return self
+
     def __iter__(self) -> Iterator[list[int]]:
         epoch, offset = self.position(self.start)
         for e in itertools.count(epoch):
-            yield from self.epoch_batches(e)[offset:]
+            for batch in self.epoch_batches(e)[offset:]:
+                yield self._share(batch)
             offset = 0
+
+    def _share(self, batch: list[int]) -> list[int]:
+        if self.world_size == 1:
+            return batch
+        if len(batch) < self.world_size:
+            batch = [batch[i % len(batch)] for i in range(self.world_size)]
+        return batch[self.rank::self.world_size]
 
     def state(self, batches: int) -> dict[str, Any]:
         """What a checkpoint records: enough to tell whether a resumed sampler is the same."""
         epoch, offset = self.position(batches)
         return {"kind": self.kind, "seed": self.seed, "batch_size": self.batch_size,
                 "batches_per_epoch": len(self), "batches": batches, "epoch": epoch,
-                "offset": offset}
+                "offset": offset,
+                **({"world_size": self.world_size} if self.world_size > 1 else {})}
 
 
 def _chunks(items: Sequence[int], size: int) -> list[list[int]]:
