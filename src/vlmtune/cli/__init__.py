@@ -31,6 +31,8 @@ PLAIN_COMMANDS: dict[str, tuple[str, str]] = {
     "retrain": ("retrain", "one scheduled retraining job: vlmtune retrain SPEC"),
     "schedule": ("schedule", "install | list | remove | history of retraining schedules"),
     "compare": ("compare", "metrics table, config diff and overlaid curves of runs"),
+    "chat": ("chat", "talk to a run's tuned model in the terminal (/image, /base)"),
+    "app": ("app", "web page: base and tuned answers side by side (needs .[app])"),
 }
 
 USAGE = "usage: vlmtune <command> [key=value ...] [-m] [--wait]\n\ncommands:\n" + "\n".join(
