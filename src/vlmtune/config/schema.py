@@ -200,6 +200,12 @@ class TrainConfig:
     # Compute dtype: bf16 | fp16 (CUDA only) | fp32; null = bf16 on CUDA, fp32 on CPU.
     # Trainable weights are kept in fp32 whatever it is (vlmtune.training.precision).
     precision: str | None = None
+    # Every N steps (a multiple of grad_accum), score the first benchmark's first eval_items
+    # items and log eval/<benchmark>/accuracy at that step; keep_best: the train stage's
+    # output is the checkpoint with the best such accuracy (checkpoints/best/).
+    eval_every: int | None = None
+    eval_items: int = 32
+    keep_best: bool = False
 
     def __post_init__(self) -> None:
         if self.precision is not None:
@@ -226,6 +232,15 @@ class TrainConfig:
             raise ConfigError(f"train.save_every={self.save_every} must be a positive multiple "
                               f"of train.grad_accum={self.grad_accum} (checkpoints fall on "
                               "optimizer steps)")
+        if self.eval_every is not None and (self.eval_every < 1
+                                            or self.eval_every % self.grad_accum):
+            raise ConfigError(f"train.eval_every={self.eval_every} must be a positive multiple "
+                              f"of train.grad_accum={self.grad_accum} (evaluation falls on "
+                              "optimizer steps)")
+        check_range("train.eval_items", self.eval_items, 1)
+        if self.keep_best and self.eval_every is None:
+            raise ConfigError("train.keep_best=true needs train.eval_every (the best checkpoint "
+                              "is chosen by the accuracy evaluated during training)")
 
 
 @dataclass

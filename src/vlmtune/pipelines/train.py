@@ -23,6 +23,7 @@ from vlmtune.models.loading import DTYPES, ensure_model_dir, load_model
 from vlmtune.models.methods import apply_method, save_trained, saves_adapter
 from vlmtune.pipelines.context import RunContext
 from vlmtune.pipelines.preflight import check_license
+from vlmtune.pipelines.train_eval import take_best, with_evaluation
 from vlmtune.tracking import StepMetrics
 from vlmtune.training import distributed
 from vlmtune.training.engine import train
@@ -73,6 +74,8 @@ def run_here(ctx: RunContext, device: str) -> None:
         step_log(step, metrics)  # logs/steps.jsonl: the curves that plots and compare read
         step_metrics(step, metrics)
 
+    if recipe.train.eval_every is not None:  # eval/<benchmark>/accuracy every N steps
+        on_step = with_evaluation(ctx, loaded, tuned.model, on_step)
     try:
         result = train(
             tuned.model, dataset=dataset,
@@ -85,6 +88,7 @@ def run_here(ctx: RunContext, device: str) -> None:
         step_metrics.flush()  # also when interrupted: every logged step reaches MLflow
     if not distributed.is_main():
         return
+    take_best(ctx, tuned.model)  # train.keep_best: the output is the best checkpoint's
     cast_trainable(tuned.model, DTYPES[recipe.model.dtype])  # trained in fp32, saved in dtype
     if result.resumed_from is not None:
         log.info("train: resumed at iteration %d of %d", result.resumed_from, result.iterations)
