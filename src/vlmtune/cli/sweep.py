@@ -47,12 +47,22 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.sweeping = False
-        if not self.jobs:
-            return
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        header, rows = sweep_table(self.jobs)
-        write_sweep_summary(sweep_dir, self.jobs, header, rows)
+        # A launcher running jobs in other processes (submitit) calls on_job_end there: the
+        # jobs are then known from the job.json each one wrote.
+        jobs = self.jobs or jobs_on_disk(sweep_dir)
+        if not jobs:
+            return
+        header, rows = sweep_table(jobs)
+        write_sweep_summary(sweep_dir, jobs, header, rows)
         print_sweep_table(header, rows, sweep_dir)
+
+
+def jobs_on_disk(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The ``<num>/job.json`` records of a sweep, by job number."""
+    paths = [p for p in sweep_dir.glob("*/job.json") if p.parent.name.isdigit()]
+    return [json.loads(p.read_text(encoding="utf-8"))
+            for p in sorted(paths, key=lambda p: int(p.parent.name))]
 
 
 def primary_metrics(run_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:

@@ -34,6 +34,9 @@ def check_strategy(name: str, device: str, launcher: str) -> None:
     if launcher != "torchrun":
         raise ConfigError(f"strategy={name} shards the model over processes: use it with "
                           "launcher=torchrun launcher.nproc_per_node=N")
+    raise ConfigError(f"strategy={name}: training through mmengine's FlexibleRunner is not "
+                      "wired into the train stage yet (flexible_runner_config builds its "
+                      "config); use strategy=ddp")
 
 
 def flexible_runner_config(name: str, *, lr: float, weight_decay: float, grad_accum: int,

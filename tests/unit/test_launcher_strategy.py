@@ -1,0 +1,124 @@
+"""The launcher and strategy groups: composition, validation, the torchrun command line, the
+FlexibleRunner configs, and how the batch sampler shards a global batch over ranks."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+
+import pytest
+
+from vlmtune.config import compose_recipe, validate
+from vlmtune.errors import ConfigError
+from vlmtune.training.sampler import EpochBatchSampler
+
+
+def test_torchrun_card_composes_and_builds_the_torchrun_command():
+    from vlmtune.training.distributed import torchrun_command
+
+    recipe = validate(compose_recipe(["experiment=demo", "launcher=torchrun",
+                                      "launcher.nproc_per_node=4", "launcher.master_port=29511",
+                                      "device=cpu"]))
+    assert (recipe.launcher.name, recipe.launcher.nproc_per_node) == ("torchrun", 4)
+    assert recipe.strategy.name == "ddp"
+    cmd = torchrun_command(recipe.launcher, "vlmtune.pipelines.train_worker", ["RUN", "KEY"])
+    assert cmd == [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=4",
+                   "--nnodes=1", "--max-restarts=0", "--node-rank=0",
+                   "--master-addr=127.0.0.1", "--master-port=29511", "-m",
+                   "vlmtune.pipelines.train_worker", "RUN", "KEY"]
+
+
+def test_rendezvous_endpoint_replaces_the_master_address():
+    from vlmtune.config.schema import LauncherConfig
+    from vlmtune.training.distributed import torchrun_command
+
+    launcher = LauncherConfig(name="torchrun", nproc_per_node=8, nnodes=2,
+                              rdzv_endpoint="head:29400", rdzv_id="job7")
+    cmd = torchrun_command(launcher, "m", [])
+    assert cmd[3:9] == ["--nproc-per-node=8", "--nnodes=2", "--max-restarts=0",
+                        "--rdzv-backend=c10d", "--rdzv-endpoint=head:29400", "--rdzv-id=job7"]
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("launcher.nproc_per_node=0", "launcher.nproc_per_node"),
+    ("launcher.node_rank=1", "launcher.node_rank"),
+    ("launcher.name=mpirun", "launcher.name"),
+])
+def test_bad_launcher_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(compose_recipe(["experiment=demo", "device=cpu", override]))
+
+
+@pytest.mark.parametrize("strategy", ["deepspeed_zero2", "deepspeed_zero3", "fsdp"])
+def test_sharding_strategies_are_refused_on_the_cpu_naming_strategy(strategy):
+    cfg = compose_recipe(["experiment=demo", f"strategy={strategy}", "launcher=torchrun",
+                          "device=cpu"])
+    assert cfg.strategy.name == strategy
+    with pytest.raises(ConfigError, match=f"strategy={strategy} needs CUDA"):
+        validate(cfg)
+
+
+def test_unknown_strategy_card_is_refused():
+    with pytest.raises(ConfigError, match="strategy='zero9' is not a strategy card"):
+        compose_recipe(["strategy=zero9"])
+
+
+def test_fsdp_config_builds_mmengine_fsdp_strategy():
+    from mmengine._strategy import FSDPStrategy
+
+    from vlmtune.training.strategies import flexible_runner_config
+
+    cfg = flexible_runner_config("fsdp", lr=1e-3, weight_decay=0.0, grad_accum=2,
+                                 max_grad_norm=1.0, batch_size=2, precision="bf16")
+    strategy = dict(cfg["strategy"])
+    assert strategy.pop("type") == "FSDPStrategy"
+    FSDPStrategy(**strategy)  # mmengine accepts every key (constructing it needs no GPU)
+    assert cfg["optim_wrapper"]["type"] == "AmpOptimWrapper"
+    assert cfg["optim_wrapper"]["dtype"] == "bfloat16"
+    assert cfg["optim_wrapper"]["accumulative_counts"] == 2
+
+
+def test_zero3_config_fits_mmengine_deepspeed_strategy():
+    from mmengine._strategy import DeepSpeedStrategy
+
+    from vlmtune.training.strategies import flexible_runner_config
+
+    cfg = flexible_runner_config("deepspeed_zero3", lr=1e-3, weight_decay=0.0, grad_accum=4,
+                                 max_grad_norm=0.5, batch_size=3, precision="bf16",
+                                 offload_optimizer=True)
+    strategy = dict(cfg["strategy"])
+    assert strategy.pop("type") == "DeepSpeedStrategy"
+    inspect.signature(DeepSpeedStrategy.__init__).bind(None, **strategy)  # known keys only
+    assert strategy["zero_optimization"]["stage"] == 3
+    assert strategy["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert (strategy["gradient_accumulation_steps"], strategy["train_micro_batch_size_per_gpu"],
+            strategy["gradient_clipping"]) == (4, 3, 0.5)
+    assert strategy["bf16"] == {"enabled": True}
+    assert cfg["optim_wrapper"]["type"] == "DeepSpeedOptimWrapper"
+
+
+class _Fixed(EpochBatchSampler):
+    """Two global batches per epoch: six samples, then one."""
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        return [[10, 11, 12, 13, 14, 15], [16]]
+
+    def __len__(self) -> int:
+        return 2
+
+
+def _first(sampler, n):
+    it = iter(sampler)
+    return [next(it) for _ in range(n)]
+
+
+def test_sampler_gives_each_rank_a_disjoint_share_of_every_global_batch():
+    shares = [_first(_Fixed(6, 0).shard(rank, 2), 2) for rank in (0, 1)]
+    assert shares[0] == [[10, 12, 14], [16]]
+    assert shares[1] == [[11, 13, 15], [16]]  # a one-sample batch is repeated, never empty
+    three = [_first(_Fixed(6, 0).shard(rank, 3), 1)[0] for rank in range(3)]
+    assert three == [[10, 13], [11, 14], [12, 15]]
+    # the position stays a count of global batches; a resumed rank starts at its share
+    assert _first(_Fixed(6, 0, start=1).shard(1, 2), 2) == [[16], [11, 13, 15]]
+    assert _Fixed(6, 0).shard(1, 2).state(3)["world_size"] == 2
+    assert "world_size" not in _Fixed(6, 0).state(3)
