@@ -210,3 +210,25 @@ def test_a_missing_or_odd_registry_file_is_a_failure(tmp_path):
     assert missing.outcome == "failed" and "registry.json is missing" in missing.reason
     odd = gate_outcome(_decision(tmp_path, decision="maybe"))
     assert odd.outcome == "failed" and "decision='maybe'" in odd.reason
+
+
+# --- what a killed job leaves running ---------------------------------------------------------
+
+
+def test_the_dead_jobs_process_group_is_reaped(tmp_path):
+    from vlmtune.schedule.reaper import group_members, reap_group, record_group
+
+    # a "pipeline child" leading its own group, with a grandchild that outlives it
+    script = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
+              "'import time; time.sleep(120)', 'vlmtune-worker']); print('up', flush=True); "
+              "time.sleep(120)")
+    leader = subprocess.Popen([sys.executable, "-c", script, "vlmtune"], stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    assert leader.stdout.readline().strip() == "up"
+    record_group(tmp_path, leader.pid)
+    leader.kill()
+    leader.wait()
+    (orphan,) = group_members(leader.pid)  # the worker lives on after its parent's SIGKILL
+    assert reap_group(tmp_path) == [orphan]
+    assert group_members(leader.pid) == [] and not (tmp_path / "pipeline.pgid").exists()
+    assert reap_group(tmp_path) == []  # nothing recorded: nothing to do

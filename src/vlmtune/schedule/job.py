@@ -25,6 +25,7 @@ from typing import Any
 
 from vlmtune.schedule.lock import job_lock
 from vlmtune.schedule.notify import notify
+from vlmtune.schedule.reaper import clear_group, reap_group, record_group
 from vlmtune.schedule.spec import RetrainSpec, gate_overrides
 from vlmtune.schedule.state import JobRecord, ScheduleState
 from vlmtune.schedule.trigger import fingerprint_root
@@ -58,7 +59,7 @@ class JobOutcome:
 
 
 class JobTerminated(Exception):
-    """SIGTERM reached the job: the pipeline child was asked to stop; no retry."""
+    """SIGTERM (or Ctrl-C) reached the job: the pipeline child was asked to stop; no retry."""
 
     attempts = 0
 
@@ -85,6 +86,9 @@ def run_job(spec: RetrainSpec, *, echo: Callable[[str], None] = print,
         if lock.stale:
             echo(f"retrain {spec.name}: taking over the lock of PID {lock.stale}, which died "
                  "holding it")
+        if left := reap_group(spec.state_dir):
+            echo(f"retrain {spec.name}: killed {len(left)} process(es) the dead job left "
+                 f"running (PIDs {', '.join(map(str, left))})")
         return _locked_job(spec, echo, sleep)
 
 
@@ -110,7 +114,8 @@ def _locked_job(spec: RetrainSpec, echo: Callable[[str], None],
         try:
             outcome = _run_with_retries(spec, echo, sleep)
         except JobTerminated as stop:
-            outcome = JobOutcome("failed", "terminated by SIGTERM; the next job resumes the run",
+            outcome = JobOutcome("failed", "terminated (SIGTERM or Ctrl-C); the next job resumes "
+                                 "the run",
                                  attempts=stop.attempts, terminated=True)
         outcome.data_fingerprint = fingerprint.digest
         if outcome.outcome == "failed":
@@ -171,15 +176,18 @@ def run_attempt(spec: RetrainSpec, result_file: Path) -> Attempt:
     result_file.unlink(missing_ok=True)
     env = {**os.environ, RESULT_ENV: str(result_file)}
     tail: deque[str] = deque(maxlen=TAIL_LINES)
+    # its own process group (recorded): what it starts can be found if this job is killed
     child = subprocess.Popen(pipeline_command(spec), env=env, stderr=subprocess.PIPE,
-                             text=True, errors="replace", preexec_fn=_die_with_parent)
+                             text=True, errors="replace", preexec_fn=_die_with_parent,
+                             start_new_session=True)
+    record_group(spec.state_dir, child.pid)
     terminated = []
 
     def stop(signum, frame) -> None:
         terminated.append(signum)
         child.terminate()  # the pipeline records its MLflow run as KILLED and exits
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         assert child.stderr is not None
         for line in child.stderr:
@@ -187,7 +195,10 @@ def run_attempt(spec: RetrainSpec, result_file: Path) -> Attempt:
             tail.append(line.rstrip())
         returncode = child.wait()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    reap_group(spec.state_dir)  # a child that died abnormally may leave workers behind
+    clear_group(spec.state_dir)
     if terminated:
         raise JobTerminated()
     if returncode == 0 and result_file.exists():
