@@ -74,7 +74,7 @@ def run_here(ctx: RunContext, device: str) -> None:
         step_log(step, metrics)  # logs/steps.jsonl: the curves that plots and compare read
         step_metrics(step, metrics)
 
-    if recipe.train.eval_every is not None:  # eval/<benchmark>/accuracy every N steps
+    if recipe.train.eval_every is not None and distributed.is_main():  # eval/<b>/accuracy
         on_step = with_evaluation(ctx, loaded, tuned.model, on_step)
     try:
         result = train(
