@@ -2,6 +2,7 @@
 #   make demo    the whole pipeline on the bundled tiny model and synthetic data
 #   make test    the test suite (SLOW=1 adds the slow tests)
 #   make ui      the MLflow dashboard on http://127.0.0.1:5000
+#   make app     the optional web page's dependencies (vlmtune app RUN)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +15,7 @@ MLFLOW_URI ?= sqlite:///mlflow.db
 # gpu tests skip themselves without CUDA; slow ones run with SLOW=1.
 PYTEST_MARKERS := $(if $(SLOW),,-m "not slow")
 
-.PHONY: setup demo test bench ui lint format clean
+.PHONY: setup app demo test bench ui lint format clean
 
 setup: $(STAMP)
 
@@ -25,15 +26,30 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install $(PIP_FLAGS) -e ".[dev]"
 	@touch $(STAMP)
 
+# The app extra (Gradio) on top of setup; torch is already installed, so it stays as pinned.
+APP_STAMP := $(VENV)/.app-stamp
+app: $(APP_STAMP)
+	@echo "installed; try a run: $(BIN)/vlmtune app outputs/<experiment>/<run>"
+
+$(APP_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install $(PIP_FLAGS) -e ".[dev,app]"
+	@touch $(APP_STAMP)
+
 demo: setup
 	$(BIN)/vlmtune run experiment=demo
 
 # The cron round-trip test needs `crontab`: installed here when running as root with apt-get.
-test: setup
+test: setup $(APP_STAMP)
 	@command -v crontab >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && { apt-get install -y -qq cron >/dev/null 2>&1 \
 	       || { apt-get update -qq && apt-get install -y -qq cron >/dev/null; }; }; } \
 	  || echo "crontab not installed: the cron schedule test will skip"
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	       && { apt-get install -y -qq chromium chromium-driver fonts-wqy-zenhei >/dev/null 2>&1 \
+	            || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver \
+	                 fonts-wqy-zenhei >/dev/null; }; }; } \
+	  || echo "chromium not installed: the vlmtune app browser test will skip"
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_MARKERS) tests
 
 bench: setup

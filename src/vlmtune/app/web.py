@@ -101,9 +101,10 @@ def build_page(target: Target) -> Any:
                 image = gr.Image(type="filepath", label="Photo", elem_id="photo")
                 question = gr.Textbox(label="Question", lines=3, elem_id="question")
                 with gr.Row():
-                    max_new = gr.Slider(1, 512, value=64, step=1, label="Max new tokens")
+                    max_new = gr.Slider(1, 512, value=64, step=1, label="Max new tokens",
+                                        elem_id="max-new-tokens")
                     temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05,
-                                            label="Temperature")
+                                            label="Temperature", elem_id="temperature")
                 button = gr.Button("Compare", variant="primary", elem_id="compare")
             with gr.Column():
                 base = gr.Textbox(label="Base", lines=6, elem_id="base-answer")
