@@ -28,7 +28,7 @@ ITER_FILES = ["COMPLETED", "meta.json", "optimizer.pt", "rng.pt", "scheduler.pt"
 
 def expected_files(max_iters: int, save_every: int, keep: int) -> set[str]:
     saved = list(range(save_every, max_iters + 1, save_every))[-keep:]
-    files = {"config.yaml", "pipeline_state.json", "report.md", "run.lock",
+    files = {"config.yaml", "pipeline_state.json", "report.md", "run.lock", "registry.json",
              "data/train.jsonl", "data/heldout.jsonl", "data/manifest.json",
              "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
              "adapter/README.md",

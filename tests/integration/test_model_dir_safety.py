@@ -22,7 +22,7 @@ from vlmtune.pipelines.runner import run_pipeline
 
 FAST = ["train.max_iters=2", "train.save_every=2", "benchmark.limit=2",
         "benchmark.scorers=[likelihood]", "tracking=disabled"]
-STAGES = ["ingest", "train", "convert", "evaluate"]
+STAGES = ["ingest", "train", "convert", "evaluate", "register"]
 
 
 def checksums(folder: Path) -> dict[str, str]:

@@ -21,7 +21,7 @@ FAST = ["dataset=llava_example", "train.max_iters=2", "train.save_every=2",
 def test_llava_example_completes_with_open_ended_metrics(demo_overrides, tmp_path):
     recipe = validate(compose_recipe([*demo_overrides, *FAST]))
     result = run_pipeline(recipe)
-    assert result.ran == ["ingest", "train", "convert", "evaluate"]
+    assert result.ran == ["ingest", "train", "convert", "evaluate", "register"]
     run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"
     heldout = (result.run_dir / "data/heldout.jsonl").read_text().splitlines()

@@ -78,7 +78,7 @@ def test_method_preset_completes_pipeline(method, freeze, demo_overrides, tiny_m
     recipe = validate(compose_recipe([*demo_overrides, f"method={method}",
                                       f"method.freeze={freeze}", *FAST]))
     result = run_pipeline(recipe)
-    assert result.ran == ["ingest", "train", "convert", "evaluate"]
+    assert result.ran == ["ingest", "train", "convert", "evaluate", "register"]
     run_dir = result.run_dir
     metrics = json.loads((run_dir / "eval/tuned/foodie_synth_sivqa/metrics.json").read_text())
     assert metrics["likelihood"]["n"] == 4

@@ -47,7 +47,7 @@ def test_eval_only_then_finetune_then_a_benchmark_change(tiny_model_dir, shared_
     second, log = run()
     assert second.run_dir == first.run_dir and second.mlflow_run_id == first.mlflow_run_id
     assert second.skipped == ["ingest"]
-    assert second.ran == ["train", "convert", "evaluate"]
+    assert second.ran == ["train", "convert", "evaluate", "register"]
     assert log[:3] == ["stage ingest: inputs unchanged since it finished in "
                        f"{first.run_dir}, skipping",
                        "stage train: no previous run", "stage convert: no previous run"]
@@ -66,8 +66,9 @@ def test_eval_only_then_finetune_then_a_benchmark_change(tiny_model_dir, shared_
     stamps = checkpoint.stat().st_mtime_ns, merged.stat().st_mtime_ns
     third, log = run("benchmark.limit=3")
     assert third.run_dir == first.run_dir
-    assert third.skipped == ["ingest", "train", "convert"] and third.ran == ["evaluate"]
-    assert log[-1] == "stage evaluate: inputs changed (benchmark.limit) — running"
+    assert third.skipped == ["ingest", "train", "convert"]
+    assert third.ran == ["evaluate", "register"]  # register gates on the new scores
+    assert log[-2] == "stage evaluate: inputs changed (benchmark.limit) — running"
     assert (checkpoint.stat().st_mtime_ns, merged.stat().st_mtime_ns) == stamps
     for label in ("base", "tuned"):
         metrics = json.loads((first.run_dir / f"eval/{label}/{BENCH}/metrics.json").read_text())

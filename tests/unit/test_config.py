@@ -156,7 +156,7 @@ def test_demo_experiment_values_and_interpolated_paths(tmp_path):
 def test_default_recipe_without_experiment():
     recipe = validate(compose_recipe())
     assert recipe.experiment_name == "vlmtune"
-    assert recipe.pipeline.stages == ["ingest", "train", "convert", "evaluate"]
+    assert recipe.pipeline.stages == ["ingest", "train", "convert", "evaluate", "register"]
     assert recipe.tracking.uri == "sqlite:///mlflow.db"
 
 

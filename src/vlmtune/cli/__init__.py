@@ -31,6 +31,8 @@ PLAIN_COMMANDS: dict[str, tuple[str, str]] = {
     "retrain": ("retrain", "one scheduled retraining job: vlmtune retrain SPEC"),
     "schedule": ("schedule", "install | list | remove | history of retraining schedules"),
     "compare": ("compare", "metrics table, config diff and overlaid curves of runs"),
+    "promote": ("registry", "registry: vlmtune promote EXPERIMENT VERSION (→ @champion)"),
+    "rollback": ("registry", "registry: vlmtune rollback EXPERIMENT (@champion → @previous)"),
     "chat": ("chat", "talk to a run's tuned model in the terminal (/image, /base)"),
     "app": ("app", "web page: base and tuned answers side by side (needs .[app])"),
 }
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
         _offline_and_quiet()
         module = importlib.import_module(f"vlmtune.cli.{PLAIN_COMMANDS[command][0]}")
-        return module.main(overrides)
+        return getattr(module, f"main_{command}", module.main)(overrides)
     if command not in COMMANDS:
         print(f"vlmtune: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2

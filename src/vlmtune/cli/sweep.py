@@ -22,9 +22,16 @@ class SweepSummary(Callback):
     def __init__(self) -> None:
         self.jobs: list[dict[str, Any]] = []
         self.sweeping = False
+        self.parent: str | None = None  # the sweep's MLflow parent run
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.jobs, self.sweeping = [], True
+        self.jobs, self.sweeping, self.parent = [], True, None
+        if config.get("tracking") and config.tracking.enabled:  # each job: a nested child
+            from vlmtune.tracking.sweep import start_parent
+
+            name = f"{config.experiment_name} sweep {Path(str(config.hydra.sweep.dir)).name}"
+            self.parent = start_parent(str(config.tracking.uri), str(config.experiment_name),
+                                       name)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if not self.sweeping:
@@ -52,10 +59,22 @@ class SweepSummary(Callback):
         # jobs are then known from the job.json each one wrote.
         jobs = self.jobs or jobs_on_disk(sweep_dir)
         if not jobs:
+            self._end_parent(config, jobs, None)
             return
         header, rows = sweep_table(jobs)
         write_sweep_summary(sweep_dir, jobs, header, rows)
         print_sweep_table(header, rows, sweep_dir)
+        self._end_parent(config, jobs, sweep_dir / "sweep_summary.md")
+
+    def _end_parent(self, config: DictConfig, jobs: list[dict[str, Any]],
+                    summary: Path | None) -> None:
+        if self.parent:
+            from vlmtune.tracking.sweep import end_parent
+
+            failed = any(job.get("status") != "COMPLETED" for job in jobs)
+            end_parent(str(config.tracking.uri), str(config.experiment_name), self.parent,
+                       "FAILED" if failed else "FINISHED", summary)
+            self.parent = None
 
 
 def jobs_on_disk(sweep_dir: Path) -> list[dict[str, Any]]:

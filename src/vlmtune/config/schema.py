@@ -26,7 +26,7 @@ LANGS = ("zh", "en")
 ON_INVALID = ("drop", "raise")
 SCORERS = ("likelihood", "generate")
 BENCHMARK_KINDS = ("auto", "multiple_choice", "open_ended")
-STAGES = ("ingest", "train", "convert", "evaluate")
+STAGES = ("ingest", "train", "convert", "evaluate", "register")
 PRECISIONS = ("bf16", "fp16", "fp32")
 LAUNCHERS = ("none", "torchrun")
 STRATEGIES = ("ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp")
@@ -342,6 +342,25 @@ class TrackingConfig:
     enabled: bool = True
     # Any MLflow tracking URI: sqlite:///mlflow.db (default), http://host:5000, ...
     uri: str = "sqlite:///mlflow.db"
+    # Sample CPU / memory (and GPU, with pynvml) into system/… metrics while the run runs.
+    system_metrics: bool = True
+
+
+@dataclass
+class GateConfig:
+    """The register stage's promotion gate: the new version becomes ``champion`` when its
+    ``metric`` on ``benchmark`` beats the champion's by more than ``min_delta``."""
+
+    benchmark: str | None = None  # default: the first benchmark evaluated
+    metric: str | None = None  # default: its primary metric (e.g. likelihood/accuracy)
+    min_delta: float = 0.0
+
+
+@dataclass
+class RegistryConfig:
+    gate: GateConfig = field(default_factory=GateConfig)
+    # Registered model name; default vlmtune-<experiment_name>.
+    model_name: str | None = None
 
 
 @dataclass
@@ -424,6 +443,7 @@ class RecipeConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     preview: PreviewConfig = field(default_factory=PreviewConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)

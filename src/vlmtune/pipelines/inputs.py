@@ -28,6 +28,7 @@ SECTIONS = {
     "train": ("model", "method", "train"),
     "convert": ("model", "method.name"),
     "evaluate": ("model", "method.name", "benchmark"),
+    "register": ("experiment_name", "registry"),
 }
 NOT_INPUTS = ("model.path", "model.build", "train.num_workers")
 
@@ -120,6 +121,8 @@ def stage_inputs(ctx: RunContext, stage: str) -> dict[str, Any]:
         if tuned:
             for name in ("merged", "adapter", "trained"):
                 inputs[f"files.{name}/"] = dir_digest(ctx.run_dir / name)
+    elif stage == "register":
+        inputs["files.eval/"] = dir_digest(ctx.run_dir / "eval")
     return inputs
 
 

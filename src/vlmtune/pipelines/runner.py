@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlmtune.config import RecipeConfig, flatten, to_container
-from vlmtune.pipelines import convert, evaluate, ingest, train
+from vlmtune.pipelines import convert, evaluate, ingest, register, train
 from vlmtune.pipelines.context import RunContext, locate_run, open_run
 from vlmtune.pipelines.inputs import stage_inputs
 from vlmtune.pipelines.lock import run_lock
@@ -33,6 +33,7 @@ STAGES: dict[str, Callable[[RunContext], None]] = {
     "train": train.run,
     "convert": convert.run,
     "evaluate": evaluate.run,
+    "register": register.run,
 }
 # Outputs a stage rewrites from scratch when it reruns on inputs other than its last attempt's
 # (resumed on the same inputs it keeps them: evaluate reuses a model already scored).
@@ -69,7 +70,8 @@ def run_pipeline(recipe: RecipeConfig, stages: list[str] | None = None, *,
     where = locate_run(recipe)
     with run_lock(where.run_dir, wait=wait), _log_to(where.run_dir / "logs" / "vlmtune.log"):
         tracker = open_tracker(recipe.tracking.enabled, recipe.tracking.uri,
-                               recipe.experiment_name)
+                               recipe.experiment_name,
+                               system_metrics=recipe.tracking.system_metrics)
         ctx = open_run(recipe, where, tracker)
         result = PipelineResult(ctx.run_dir, ctx.run_key, None)
         name = run_name(recipe.experiment_name, overrides, ctx.run_key)

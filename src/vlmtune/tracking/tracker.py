@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,6 +28,12 @@ BATCH = 100  # at most 100 params per log_batch call
 # The key's last part names a secret (hf_token, api_key ...), not e.g. max_new_tokens.
 SECRET_KEY = re.compile(r"(^|[._])(password|secret|api_key|credential|\w*token)$", re.IGNORECASE)
 FINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+# A store that stops answering (a remote server restarting): writes are retried for this long
+# (seconds) before they fail; buffered step metrics are kept and retried on every flush.
+RETRY_S = float(os.environ.get("VLMTUNE_TRACKING_RETRY_S", "120"))
+RETRY_WAIT_S = 2.0
+# What a store that went away raises (requests' errors are OSErrors).
+UNREACHABLE = (MlflowException, OSError)
 
 
 class Tracker(Protocol):
@@ -68,11 +76,18 @@ class NullTracker:
 
 
 class MlflowTracker:
-    def __init__(self, uri: str, experiment_name: str) -> None:
+    """``system_metrics``: sample ``system/…`` metrics (psutil; GPU with pynvml) while the run
+    is open; ``retry_s``: how long a write is retried while the store does not answer."""
+
+    def __init__(self, uri: str, experiment_name: str, *, system_metrics: bool = False,
+                 retry_s: float = RETRY_S) -> None:
         self.uri = uri
         self.experiment_name = experiment_name
         self.client = MlflowClient(tracking_uri=uri)
         self.run_id: str | None = None
+        self.system_metrics, self.retry_s = system_metrics, retry_s
+        self._monitor = None
+        self._buffers: list[StepMetrics] = []  # flushed (with retries) before the run ends
 
     def start(self, run_name: str, *, run_id: str | None = None,
               tags: dict[str, str] | None = None) -> str:
@@ -84,10 +99,22 @@ class MlflowTracker:
         else:
             run = self.client.create_run(self._experiment_id(), run_name=run_name)
             self.run_id = run.info.run_id
+            parent = os.environ.get("VLMTUNE_PARENT_RUN_ID")  # a sweep job (tracking.sweep)
+            if parent and parent != self.run_id:
+                tags = {"mlflow.parentRunId": parent, **(tags or {})}
             log.info("created MLflow run %s in experiment %s", self.run_id, self.experiment_name)
         if tags:
             self.set_tags(tags)
+        if self.system_metrics:
+            self._start_system_metrics(resume=bool(run_id and run_id == self.run_id))
         return self.run_id
+
+    def _start_system_metrics(self, resume: bool) -> None:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._monitor = SystemMetricsMonitor(self._run(), resume_logging=resume,
+                                             tracking_uri=self.uri)
+        self._monitor.start()
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Log flattened params (values cut to MLflow's limit, secrets redacted), 100 a call.
@@ -105,13 +132,13 @@ class MlflowTracker:
                 continue
             items.append(Param(key, text))
         for i in range(0, len(items), BATCH):
-            self.client.log_batch(self._run(), params=items[i:i + BATCH])
+            self._retrying(self.client.log_batch, self._run(), params=items[i:i + BATCH])
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         for i in range(0, len(batch), 1000):
-            self.client.log_batch(self._run(), metrics=batch[i:i + 1000])
+            self._retrying(self.client.log_batch, self._run(), metrics=batch[i:i + 1000])
 
     def log_metric_steps(self, series: dict[str, list[tuple[int, float]]]) -> None:
         """Many steps of several metrics in as few calls as MLflow allows (1000 a call)."""
@@ -126,14 +153,13 @@ class MlflowTracker:
         return max((m.step for m in history), default=None)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self.client.log_batch(self._run(), tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._retrying(self.client.log_batch, self._run(),
+                       tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         path = Path(path)
-        if path.is_dir():
-            self.client.log_artifacts(self._run(), str(path), artifact_path)
-        else:
-            self.client.log_artifact(self._run(), str(path), artifact_path)
+        log_files = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
+        self._retrying(log_files, self._run(), str(path), artifact_path)
 
     def log_dataset(self, name: str, *, digest: str, source: str, context: str,
                     profile: dict[str, Any]) -> None:
@@ -146,9 +172,32 @@ class MlflowTracker:
     def end(self, status: str) -> None:
         if status not in FINAL_STATUSES:
             raise ValueError(f"status must be one of {FINAL_STATUSES}, got {status!r}")
+        for buffer in self._buffers:
+            buffer.flush(final=True)
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
         if self.run_id:
-            self.client.set_terminated(self.run_id, status=status)
+            self._retrying(self.client.set_terminated, self.run_id, status=status)
             log.info("MLflow run %s ended: %s", self.run_id, status)
+
+    def add_buffer(self, buffer: StepMetrics) -> None:
+        """Flush ``buffer`` (retrying for ``retry_s``) before the run ends."""
+        if buffer not in self._buffers:
+            self._buffers.append(buffer)
+
+    def _retrying(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``call``, retried every few seconds for ``retry_s`` while the store is away."""
+        deadline = time.monotonic() + self.retry_s
+        while True:
+            try:
+                return call(*args, **kwargs)
+            except UNREACHABLE as err:
+                if time.monotonic() >= deadline or not _transient(err):
+                    raise
+                log.warning("MLflow store %s did not answer (%s); retrying", self.uri,
+                            _short(err))
+                time.sleep(RETRY_WAIT_S)
 
     def _run(self) -> str:
         if not self.run_id:
@@ -186,28 +235,64 @@ class StepMetrics:
     kill loses only steps after the newest one), and steps the run already holds are dropped,
     so the steps a resumed run trains again between its checkpoint and the last flush before
     the kill are not logged twice. (An exact resume computes the same values for them.)
+
+    A store that does not answer (a remote server restarting) does not stop training: what
+    could not be written stays buffered and goes with the next flush; the tracker's last
+    flush, before the run ends, retries for ``final_retry_s``.
     """
 
-    def __init__(self, tracker: Tracker, every_s: float = 5.0) -> None:
+    def __init__(self, tracker: Tracker, every_s: float = 5.0,
+                 final_retry_s: float | None = None) -> None:
         self.tracker, self.every_s = tracker, every_s
+        self.final_retry_s = RETRY_S if final_retry_s is None else final_retry_s
         self._rows: list[tuple[int, dict[str, float]]] = []
+        self._unsent: list[tuple[str, int, float]] = []  # (metric, step, value), in order
         self._last = time.monotonic()
         self._held: dict[str, int] = {}  # metric → the last step the run held before us
+        if hasattr(tracker, "add_buffer"):
+            tracker.add_buffer(self)
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         self._rows.append((step, dict(metrics)))
         if time.monotonic() - self._last >= self.every_s:
             self.flush()
 
-    def flush(self) -> None:
-        rows, self._rows, self._last = self._rows, [], time.monotonic()
-        by_step: dict[str, list[tuple[int, float]]] = {}
+    @property
+    def pending(self) -> int:
+        """Values not written yet."""
+        return len(self._unsent) + sum(len(m) for _, m in self._rows)
+
+    def flush(self, final: bool = False) -> bool:
+        """Write what is buffered; False when the store did not take all of it (kept).
+        ``final``: retry for ``final_retry_s`` first."""
+        deadline = time.monotonic() + (self.final_retry_s if final else 0.0)
+        while True:
+            try:
+                self._write()
+                return True
+            except UNREACHABLE as err:
+                if time.monotonic() >= deadline:
+                    log.warning("MLflow store did not take %d buffered metric values (%s); "
+                                "%s", self.pending, _short(err),
+                                "giving up" if final else "kept for the next flush")
+                    return False
+                time.sleep(RETRY_WAIT_S)
+            finally:
+                self._last = time.monotonic()
+
+    def _write(self) -> None:
+        rows, self._rows = self._rows, []
         for step, metrics in rows:
-            for key, value in metrics.items():
+            self._unsent += [(key, step, value) for key, value in metrics.items()]
+        while self._unsent:
+            chunk = self._unsent[:1000]
+            by_step: dict[str, list[tuple[int, float]]] = {}
+            for key, step, value in chunk:
                 if step > self._held_until(key):
                     by_step.setdefault(key, []).append((step, value))
-        if by_step:
-            self.tracker.log_metric_steps(by_step)
+            if by_step:
+                self.tracker.log_metric_steps(by_step)
+            del self._unsent[:len(chunk)]
 
     def _held_until(self, key: str) -> int:
         if key not in self._held:
@@ -215,8 +300,23 @@ class StepMetrics:
         return self._held[key]
 
 
-def open_tracker(enabled: bool, uri: str, experiment_name: str) -> Tracker:
-    return MlflowTracker(uri, experiment_name) if enabled else NullTracker()
+def open_tracker(enabled: bool, uri: str, experiment_name: str, *,
+                 system_metrics: bool = False) -> Tracker:
+    return (MlflowTracker(uri, experiment_name, system_metrics=system_metrics) if enabled
+            else NullTracker())
+
+
+def _transient(err: BaseException) -> bool:
+    """A store that is away or overloaded (not a request MLflow refused)."""
+    if isinstance(err, OSError):
+        return True
+    code = getattr(err, "error_code", "")
+    return code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "") or "retries" in str(err)
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return text[:200]
 
 
 
