@@ -21,7 +21,7 @@ def print_summary(result: PipelineResult) -> None:
         _print_ingest(console, result)
     metrics = _read_metrics(result)
     if metrics:
-        table = Table(title="held-out evaluation: base vs tuned")
+        table = Table(title="evaluation: base vs tuned, every benchmark")
         for column in COLUMNS:
             table.add_column(column, justify="left" if column in LEFT_COLUMNS else "right")
         for row in comparison_rows(metrics):

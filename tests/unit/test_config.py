@@ -132,7 +132,7 @@ def test_foodieqa_tutorial_experiment_values():
                                       "dataset.root=/data/FoodieQA"]))
     assert recipe.experiment_name == "foodieqa_internvl2_2b_lora"
     assert (recipe.model.name, recipe.dataset.name, recipe.benchmark.name) == \
-        ("internvl2_2b", "foodieqa", "foodieqa_sivqa")
+        ("internvl2_2b", "foodieqa", "foodieqa_heldout")
     assert recipe.method.name == "lora"
     assert recipe.method.freeze == "tutorial"
     assert (recipe.method.lora.r, recipe.method.lora.alpha) == (128, 256)

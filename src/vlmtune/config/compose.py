@@ -19,7 +19,8 @@ from vlmtune.errors import ConfigError
 
 # Keys that change how a run is observed, stored or evaluated, not what training computes
 # (each stage's own inputs decide whether it reruns: vlmtune.pipelines.inputs).
-RUN_KEY_EXCLUDES = ("tracking", "pipeline", "output_root", "cache_dir", "benchmark", "preview",
+RUN_KEY_EXCLUDES = ("tracking", "pipeline", "output_root", "cache_dir", "benchmark", "benchmarks",
+                    "benchmark_paths", "benchmark_limits", "preview",
                     "registry", "device", "train.num_workers", "model.path", "model.build")
 
 

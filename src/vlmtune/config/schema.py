@@ -26,6 +26,7 @@ LANGS = ("zh", "en")
 ON_INVALID = ("drop", "raise")
 SCORERS = ("likelihood", "generate")
 BENCHMARK_KINDS = ("auto", "multiple_choice", "open_ended")
+BENCHMARK_FORMATS = ("heldout", "foodieqa", "mmbench", "vqa")
 STAGES = ("ingest", "train", "convert", "evaluate", "register")
 PRECISIONS = ("bf16", "fp16", "fp32")
 LAUNCHERS = ("none", "torchrun")
@@ -327,9 +328,22 @@ class BenchmarkConfig:
     max_new_tokens: int = 16
     batch_size: int = 8
     limit: int | None = None
+    # Where the items come from: heldout (the run's own split), foodieqa (a FoodieQA root),
+    # mmbench (a VLMEvalKit TSV), vqa (open-ended JSONL / LLaVA JSON with reference answers).
+    format: str = "heldout"
+    # The data file (or FoodieQA root) of a non-heldout card: `benchmark_paths.<card>=FILE`.
+    path: str | None = None
+    # foodieqa: which file, language and prompt template.
+    task: str = "sivqa"
+    lang: str = "zh"
+    template: int = 0
+    # Which option log-likelihood picks the answer (both are reported): sum | mean (per token).
+    likelihood_norm: str = "sum"
 
     def __post_init__(self) -> None:
         check_choice("benchmark.split", self.split, ("heldout",))
+        check_choice("benchmark.format", self.format, BENCHMARK_FORMATS)
+        check_choice("benchmark.likelihood_norm", self.likelihood_norm, ("sum", "mean"))
         check_choice("benchmark.kind", self.kind, BENCHMARK_KINDS)
         if not self.scorers:
             raise ConfigError("benchmark.scorers is empty; choose from: " + ", ".join(SCORERS))
@@ -442,6 +456,13 @@ class RecipeConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    # Benchmarks scored by evaluate, each logged under its card's name: `heldout` is the
+    # `benchmark` card above (the run's held-out split); other names are cards in evaluation/.
+    benchmarks: list[str] = field(default_factory=lambda: ["heldout"])
+    # A card's data file (`path`) and item limit, per card name.
+    # (recipes/config.yaml names a key per shipped card; a card of your own: +benchmark_paths.X)
+    benchmark_paths: dict[str, str | None] = field(default_factory=dict)
+    benchmark_limits: dict[str, int | None] = field(default_factory=dict)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)

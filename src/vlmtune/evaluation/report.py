@@ -14,10 +14,13 @@ PRIMARY_MARK = "★ primary"
 # the metrics each scorer reports, per benchmark kind
 METRICS = {"multiple_choice": {"likelihood": ("accuracy",), "generate": ("accuracy",)},
            "open_ended": {"likelihood": ("loss", "perplexity"),
-                          "generate": ("exact_match", "token_f1")}}
+                          "generate": ("exact_match", "token_f1")},
+           "mmbench": {"generate": ("circular_accuracy", "vanilla_accuracy")},
+           "vqa": {"generate": ("vqa_accuracy", "exact_match", "anls")}}
 PRIMARY_NOTE = (f"{PRIMARY_MARK}: the benchmark's headline metric — logged as "
                 "`eval/<benchmark>/accuracy` for multiple choice (the card's first scorer, "
-                "by default option likelihood); generation token-F1 for open-ended data. "
+                "by default option likelihood); generation token-F1 for open-ended data; "
+                "circular accuracy for MMBench; VQAv2 accuracy for VQA. "
                 "Chance: the mean of 1/#options over the items (multiple choice only).")
 
 
@@ -60,6 +63,8 @@ def render_report(run_key: str, metrics: dict[str, dict[str, Any]],
     for label in ("base", "tuned"):
         for bench, result in sorted(metrics.get(label, {}).items()):
             for scorer, m in sorted(scorer_entries(result).items()):
+                if "per_category" in m:  # MMBench: circular / vanilla per (l2-)category
+                    lines += _category_lines(f"{label} · {bench} · {scorer}", m)
                 if "per_type" not in m:
                     continue
                 lines += ["", f"## {label} · {bench} · {scorer}", "",
@@ -78,6 +83,18 @@ def render_report(run_key: str, metrics: dict[str, dict[str, Any]],
             lines += [f"  - {label}: {_inline(row[label])}" for label in ("base", "tuned")
                       if label in row]
     return "\n".join(lines) + "\n"
+
+
+def _category_lines(title: str, m: dict[str, Any]) -> list[str]:
+    lines = ["", f"## {title}", "",
+             f"n = {m['n']} questions ({m['rows']} rows with rotations), circular accuracy = "
+             f"{m['circular_accuracy']:.3f}, vanilla accuracy = {m['vanilla_accuracy']:.3f}, "
+             f"unparsed = {m['unparsed']}", "",
+             "| category | n | circular | vanilla |", "|---|---|---|---|"]
+    for key in ("per_category", "per_l2_category"):
+        lines += [f"| {name} | {v['n']} | {v['circular_accuracy']:.3f} | "
+                  f"{v['vanilla_accuracy']:.3f} |" for name, v in m[key].items()]
+    return lines
 
 
 def _inline(text: str) -> str:

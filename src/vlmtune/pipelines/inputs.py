@@ -27,7 +27,8 @@ SECTIONS = {
     "ingest": ("dataset",),
     "train": ("model", "method", "train"),
     "convert": ("model", "method.name"),
-    "evaluate": ("model", "method.name", "benchmark"),
+    "evaluate": ("model", "method.name", "benchmark", "benchmarks", "benchmark_paths",
+                 "benchmark_limits"),
     "register": ("experiment_name", "registry"),
 }
 NOT_INPUTS = ("model.path", "model.build", "train.num_workers")

@@ -28,7 +28,11 @@ def preflight(recipe: RecipeConfig, stages: list[str]) -> None:
             recipe.model, recipe.cache_dir):  # so dataset.max_tokens can be measured
         ensure_model_dir(recipe.model, recipe.cache_dir)
     if "evaluate" in stages:
-        check_benchmark_fits(recipe.benchmark, recipe.dataset)
+        from vlmtune.evaluation.benchmarks.cards import HELDOUT, check_cards
+
+        check_cards(recipe)  # every card named, and its data file, exists
+        if HELDOUT in recipe.benchmarks:
+            check_benchmark_fits(recipe.benchmark, recipe.dataset)
 
 
 def check_dataset_root(cfg: DatasetConfig) -> None:

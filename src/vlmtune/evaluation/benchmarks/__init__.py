@@ -1,0 +1,1 @@
+"""Benchmarks beyond the held-out split: cards, MMBench, VQA, FoodieQA."""
