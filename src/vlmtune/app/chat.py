@@ -92,7 +92,7 @@ class ChatLoop:
         self.out.write(text[len(shown):] if text.startswith(shown) else "\n" + text)
         self.out.write("\n")
         self.out.flush()
-        self.conv.add(question, text)
+        self.conv.add(question, text.removeprefix(model.template.reply_lead))  # it re-adds it
 
     def _say(self, text: str) -> None:
         print(text, file=self.out, flush=True)

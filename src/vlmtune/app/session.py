@@ -157,18 +157,22 @@ class ChatModel:
     def prompt(self, conv: Conversation, question: str) -> tuple[list[int], dict[str, Any]]:
         """Ids of the whole history + this user turn up to the assistant header, and the
         image tensors of every image in it."""
-        encoded = self.loaded.images.encode(conv.images)
+        if conv.images:
+            encoded = self.loaded.images.encode(conv.images)
+            blocks, tensors = encoded.blocks, encoded.tensors
+        else:
+            blocks, tensors = [], {}
         turns = []
         for turn in conv.turns:
             turns += [{"from": "human", "value": turn.question},
                       {"from": "gpt", "value": turn.reply}]
         turns += [{"from": "human", "value": conv.user_text(question)},
                   {"from": "gpt", "value": "-"}]
-        runs = render_runs(turns, template=self.template, image_blocks=encoded.blocks,
+        runs = render_runs(turns, template=self.template, image_blocks=blocks,
                            system=self.system)
         text = "".join(part for part, _ in runs[:-2])  # up to this turn's assistant header
         ids = bos_ids(self.tok) + list(self.tok.encode(text, add_special_tokens=False))
-        return ids, encoded.tensors
+        return ids, tensors
 
     def stream(self, ids: list[int], tensors: dict[str, Any], *, max_new_tokens: int = 128,
                temperature: float = 0.0) -> Iterator[str]:
@@ -180,7 +184,7 @@ class ChatModel:
         sampling = ({"do_sample": True, "temperature": float(temperature)} if temperature > 0
                     else {"do_sample": False})
         tokens = _TokenQueue()
-        images = self.loaded.images.collate([tensors] if tensors else [])
+        images = self.loaded.images.collate([tensors]) if tensors else {}
         kwargs = dict(
             input_ids=torch.tensor([ids], device=device),
             attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=device),

@@ -86,8 +86,8 @@ def run_info(target: Target) -> str:
     return "\n".join(lines)
 
 
-def build_page(target: Target) -> Any:
-    """The gr.Blocks page (models loaded now)."""
+def build_page(target: Target, *, max_new_tokens: int = 128, temperature: float = 0.0) -> Any:
+    """The gr.Blocks page (models loaded now); the controls start at the given settings."""
     import gradio as gr
 
     models, errors = load_models(target)
@@ -101,10 +101,10 @@ def build_page(target: Target) -> Any:
                 image = gr.Image(type="filepath", label="Photo", elem_id="photo")
                 question = gr.Textbox(label="Question", lines=3, elem_id="question")
                 with gr.Row():
-                    max_new = gr.Slider(1, 512, value=64, step=1, label="Max new tokens",
-                                        elem_id="max-new-tokens")
-                    temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05,
-                                            label="Temperature", elem_id="temperature")
+                    max_new = gr.Slider(1, 512, value=max_new_tokens, step=1,
+                                        label="Max new tokens", elem_id="max-new-tokens")
+                    temp = gr.Slider(0.0, 2.0, value=temperature, step=0.05,
+                                     label="Temperature", elem_id="temperature")
                 button = gr.Button("Compare", variant="primary", elem_id="compare")
             with gr.Column():
                 base = gr.Textbox(label="Base", lines=6, elem_id="base-answer")
@@ -114,19 +114,21 @@ def build_page(target: Target) -> Any:
             gr.Examples([[str(p), q] for p, q in examples], inputs=[image, question],
                         label="Held-out photos")
 
-        def compare(image_path, text, max_new_tokens, temp):
-            yield from compare_answers(models, errors, image_path, text, max_new_tokens, temp)
+        def compare(image_path, text, max_new_tokens, temperature):
+            yield from compare_answers(models, errors, image_path, text, max_new_tokens,
+                                       temperature)
 
-        button.click(compare, inputs=[image, question, max_new, temperature],
+        button.click(compare, inputs=[image, question, max_new, temp],
                      outputs=[base, tuned], api_name="compare")
     return page
 
 
-def serve(target: Target, *, host: str = "127.0.0.1", port: int = 7860) -> None:
+def serve(target: Target, *, host: str = "127.0.0.1", port: int = 7860,
+          max_new_tokens: int = 128, temperature: float = 0.0) -> None:
     """Build the page and serve it until interrupted."""
     import gradio as gr
 
-    page = build_page(target)
+    page = build_page(target, max_new_tokens=max_new_tokens, temperature=temperature)
     allowed = sorted({str(p.parent) for p, _ in heldout_examples(target)})
     theme = gr.themes.Default(font=["sans-serif"], font_mono=["monospace"])  # nothing fetched
     page.queue().launch(server_name=host, server_port=port, allowed_paths=allowed,

@@ -36,5 +36,6 @@ def main(argv: list[str]) -> int:
         print(f"vlmtune: error: {err}", file=sys.stderr)
         return 2
     print(f"vlmtune app: http://{args.host}:{args.port}", flush=True)
-    serve(target, host=args.host, port=args.port)
+    serve(target, host=args.host, port=args.port, max_new_tokens=args.max_new_tokens,
+          temperature=args.temperature)
     return 0
