@@ -61,3 +61,45 @@ def test_batched_generation_ids_equal_one_at_a_time(scorer, tmp_path, monkeypatc
     four = scorer.generate(items, 4, 12, "t")
     assert [p["output"] for p in four] == [p["output"] for p in one]
     assert [p["pred"] for p in four] == [p["pred"] for p in one]
+
+
+def test_batched_likelihood_equals_one_item_at_a_time(scorer, tmp_path, monkeypatch):
+    """Several items' prompts in one forward (InternVL; Qwen2-VL's prefill-derived positions
+    keep it per item) give each item's per-item scores within 1e-4, and the same choices."""
+    from vlmtune.evaluation.multiple_choice import _positions_from_prefill
+
+    monkeypatch.setenv("VLMTUNE_PROGRESS", "0")
+    family = scorer.lm.family.name
+    assert _positions_from_prefill(scorer.lm.model) == (family == "qwen2_vl")
+    items = mixed_items(tmp_path)
+    one = scorer.likelihood(items, 1, "t")
+    four = scorer.likelihood(items, 4, "t")
+    for a, b in zip(one, four, strict=True):
+        assert b["scores"] == pytest.approx(a["scores"], abs=1e-4)
+        assert b["mean_scores"] == pytest.approx(a["mean_scores"], abs=1e-4)
+        assert b["pred"] == a["pred"]
+
+
+def test_a_text_only_item_after_an_image_item_scores_as_its_whole_sequence(scorer, tmp_path,
+                                                                         monkeypatch):
+    """Qwen2-VL keeps rotary offsets from its last image prefill; a text-only item scored
+    next must not inherit them (reference: prompt + option run whole, no cache)."""
+    import torch
+    import torch.nn.functional as F
+
+    from vlmtune.data.templates import encode_prompt, encode_reply
+
+    monkeypatch.setenv("VLMTUNE_PROGRESS", "0")
+    image_item, text_item = mixed_items(tmp_path, 4)[2:4]
+    assert image_item.images and not text_item.images
+    pred = scorer.likelihood([image_item, text_item], 1, "t")[1]
+    prompt = encode_prompt(scorer.tok, text_item.question, template=scorer.template,
+                           image_blocks=[], system=None)
+    want = []
+    for i in range(4):
+        reply = encode_reply(scorer.tok, text_item.reply(i), scorer.template)
+        ids = torch.tensor([prompt + reply])
+        with torch.no_grad():
+            logp = F.log_softmax(scorer.lm.model(input_ids=ids).logits[0].float(), dim=-1)
+        want.append(sum(float(logp[len(prompt) - 1 + t, tok]) for t, tok in enumerate(reply)))
+    assert pred["scores"] == pytest.approx(want, abs=1e-4)

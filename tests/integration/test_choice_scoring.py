@@ -59,12 +59,18 @@ def test_cached_prompt_scores_equal_whole_sequences_with_one_image_encoding_per_
     loaded = load_model(ensure_model_dir(recipe.model), recipe.model)
     template = get_template(recipe.model.chat_template)
     questions = items(tmp_path)
-    calls = []
+    rows = []  # pixel rows the vision tower encodes (items may share a call when batched)
     vision = loaded.model.get_submodule(loaded.family.vision)
-    hook = vision.register_forward_hook(lambda *_: calls.append(1))
+    hook = vision.register_forward_hook(
+        lambda _m, args, kwargs, _o: rows.append(
+            (args[0] if args else next(v for v in kwargs.values()
+                                      if isinstance(v, torch.Tensor))).shape[0]),
+        with_kwargs=True)
     preds = MultipleChoiceScorer(loaded, template, None).likelihood(questions, 2, "base")
     hook.remove()
-    assert len(calls) == len(questions)  # once per item, not once per option
+    once = sum(loaded.images.encode([open_image(p) for p in q.images]).tensors["pixel_values"]
+               .shape[0] for q in questions)
+    assert sum(rows) == once  # each image once per item, not once per option
 
     for item, pred in zip(questions, preds, strict=True):
         want = whole_sequence_logps(loaded, template, item)

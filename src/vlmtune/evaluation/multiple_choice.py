@@ -2,10 +2,13 @@
 
 Likelihood: each option's answer text (as training renders it, e.g. ``B) 饺子`` + end marker)
 is scored by its summed token log-probability after the prompt; the best one is the answer
-(each prediction row also keeps the per-token mean). The prompt (system + question + image) is
-run once per item with a KV cache, and every option's continuation is scored from that cache
-in one batch, so each image is encoded once per item, not once per option. A model whose
-forward needs the pixels on every call (BLIP-2's Q-Former prefix) scores each option whole.
+(each prediction row also keeps the per-token mean). The prompts (system + question + image) of
+a batch of items run once, left-padded, with a KV cache, and every option's continuation is
+scored from its item's cache rows in one batch, so each image is encoded once per item, not
+once per option. Qwen2-VL, whose later positions follow from its prefill, prefills item by
+item; a model whose forward needs the pixels on every call (BLIP-2's Q-Former prefix) scores
+each option whole. Generation is batched too (left padding, KV cache, greedy, each row
+stopped at its own stop id) and gives each row the ids it gets alone.
 Generation: the FoodieQA authors' parse, the first of the item's letters in the output; an
 output without one is counted as ``unparsed`` and wrong (not replaced by a random letter).
 """
@@ -108,8 +111,10 @@ class MultipleChoiceScorer:
                 chunk = items[start:start + batch_size]
                 if _needs_pixels_every_call(self.lm.model):
                     scores = self._score_whole(chunk)
-                else:
+                elif _positions_from_prefill(self.lm.model):
                     scores = [self._score_cached(item) for item in chunk]
+                else:
+                    scores = self._score_cached_batch(chunk)
                 for item, token_logps in zip(chunk, scores, strict=True):
                     sums = [float(t.sum()) for t in token_logps]
                     best = max(range(len(sums)), key=sums.__getitem__)
@@ -125,6 +130,7 @@ class MultipleChoiceScorer:
         replies = [encode_reply(self.tok, item.reply(i), self.template)
                    for i in range(len(item.choices))]
         device = self._device()
+        _forget_positions(self.lm.model)
         prefix = torch.tensor([prompt], device=device)
         out = self.lm.model(input_ids=prefix, attention_mask=torch.ones_like(prefix),
                             use_cache=True, **self._image_inputs([tensors]))
@@ -139,6 +145,37 @@ class MultipleChoiceScorer:
         for row, reply in enumerate(replies):
             rest = _token_logps(logits[row, :len(reply) - 1], ids[row, 1:len(reply)])
             scores.append(torch.cat([first[reply[0]].reshape(1).cpu(), rest]))
+        return scores
+
+    def _score_cached_batch(self, chunk: list[MCItem]) -> list[list[torch.Tensor]]:
+        """:meth:`_score_cached` for several items at once: their prompts left-padded in one
+        forward (each image encoded once), then every item's options from its cache rows."""
+        prompts = [self._prompt(item) for item in chunk]
+        replies, owners = [], []
+        for k, item in enumerate(chunk):
+            for i in range(len(item.choices)):
+                replies.append(encode_reply(self.tok, item.reply(i), self.template))
+                owners.append(k)
+        device = self._device()
+        ids, mask = _pad([p for p, _ in prompts], self.tok.pad_token_id, left=True)
+        ids, mask = ids.to(device), mask.to(device)
+        out = self.lm.model(input_ids=ids, attention_mask=mask, use_cache=True,
+                            **self._image_inputs([t for _, t in prompts]))
+        first = F.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()  # last column: real
+        cache = out.past_key_values
+        rows = torch.tensor(owners, device=device)
+        cache.reorder_cache(rows)  # one cache row per option, its item's
+        # Options right-padded after the left-padded prompts: the mask hides the prompts'
+        # padding; positions run on from the padded width, the same shift for a row's prompt
+        # and options (rotary attention sees only the distance).
+        reply_ids = _pad(replies, self.tok.pad_token_id, left=False)[0].to(device)
+        full = torch.cat([mask[rows], torch.ones_like(reply_ids)], dim=1)
+        logits = self.lm.model(input_ids=reply_ids, attention_mask=full, past_key_values=cache,
+                               use_cache=True).logits
+        scores: list[list[torch.Tensor]] = [[] for _ in chunk]
+        for row, (reply, owner) in enumerate(zip(replies, owners, strict=True)):
+            rest = _token_logps(logits[row, :len(reply) - 1], reply_ids[row, 1:len(reply)])
+            scores[owner].append(torch.cat([first[owner, reply[0]].reshape(1), rest]))
         return scores
 
     def _score_whole(self, chunk: list[MCItem]) -> list[list[torch.Tensor]]:
@@ -245,6 +282,24 @@ def _needs_pixels_every_call(model: Any) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     param = inspect.signature(base.forward).parameters.get("pixel_values")
     return param is not None and param.default is inspect.Parameter.empty
+
+
+def _positions_from_prefill(model: Any) -> bool:
+    """Whether the model derives positions of later calls from its prefill (Qwen2-VL's 3-D
+    rotary positions, ``get_rope_index``): a prefill of several items then cannot be split
+    into per-option rows, so each item is prefilled on its own."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return any(hasattr(m, "get_rope_index") for m in (base, getattr(base, "model", None)))
+
+
+def _forget_positions(model: Any) -> None:
+    """Drop positions a model kept from its last prefill (Qwen2-VL's ``rope_deltas``): a
+    text-only prompt does not recompute them, so its options would be placed by the previous
+    item's image layout."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for module in (base, getattr(base, "model", None)):
+        if module is not None and hasattr(module, "rope_deltas"):
+            module.rope_deltas = None
 
 
 def _pad(seqs: list[list[int]], pad_id: int, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
