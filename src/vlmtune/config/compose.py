@@ -22,6 +22,9 @@ from vlmtune.errors import ConfigError
 RUN_KEY_EXCLUDES = ("tracking", "pipeline", "output_root", "cache_dir", "benchmark", "benchmarks",
                     "benchmark_paths", "benchmark_limits", "preview",
                     "registry", "device", "train.num_workers", "model.path", "model.build")
+# Where the train stage's processes meet (launcher=torchrun), not what they compute.
+RUN_KEY_EXCLUDES += ("launcher.node_rank", "launcher.master_addr", "launcher.master_port",
+                     "launcher.rdzv_backend", "launcher.rdzv_endpoint", "launcher.rdzv_id")
 
 
 def compose_recipe(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:

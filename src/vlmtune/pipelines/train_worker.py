@@ -42,6 +42,7 @@ def worker_tracker(recipe: RecipeConfig, run_id: str | None) -> Tracker:
 
 def main(argv: list[str] | None = None) -> int:
     run_dir, run_key = (sys.argv[1:] if argv is None else argv)[:2]
+    distributed.die_with_parent()  # a killed job leaves no worker training on
     run_dir_path = Path(run_dir)
     recipe = load_recipe(run_dir_path)
     device = distributed.init(resolve_device(recipe.device))

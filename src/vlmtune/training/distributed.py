@@ -75,6 +75,31 @@ def launch(launcher: LauncherConfig, module: str, args: Sequence[str]) -> None:
                          "errors are above")
 
 
+def die_with_parent() -> None:
+    """End this worker when torchrun dies (torchrun starts workers in sessions of their own,
+    so a ``kill -9`` of the job's process group would leave them training): Linux's parent
+    death signal, else a thread watching the parent."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+        import threading
+        import time
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=watch, daemon=True, name="vlmtune-parent-watch").start()
+    if os.getppid() != parent:  # died before the signal was armed
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def init(device: str) -> str:
     """Join the process group torchrun set up; return this worker's device (``cuda:<local
     rank>`` on CUDA, else ``cpu``)."""
