@@ -38,7 +38,8 @@ def test_a_run_writes_its_plots_embeds_and_logs_them(two_runs):
     _, uri, results = two_runs
     run_dir = results[0].run_dir
     expected = {"loss.png", "lr.png", "benchmarks.png", f"categories_{BENCH}.png",
-                f"confusion_{BENCH}.png"}
+                f"confusion_{BENCH}.png",
+                "categories_mmbench_synth.png"}  # the demo's MMBench sample: no confusion plot
     files = {p.name for p in (run_dir / "plots").iterdir()}
     assert files == expected
     for name in expected:
@@ -107,7 +108,7 @@ def test_compare_unknown_run_is_one_line_rc2(two_runs, capsys):
 
 def test_an_open_ended_run_gets_curves_and_bars_only(demo_overrides):
     fast = ["dataset=llava_example", "train.max_iters=2", "train.save_every=2",
-            "benchmark.limit=2", "benchmark.max_new_tokens=4"]
+            "benchmark.limit=2", "benchmark.max_new_tokens=4", "benchmarks=[heldout]"]
     result = run_pipeline(validate(compose_recipe([*demo_overrides, *fast])))
     expected = {"loss.png", "lr.png", "benchmarks.png"}  # no options: no confusion, categories
     assert {p.name for p in (result.run_dir / "plots").iterdir()} == expected

@@ -7,8 +7,10 @@ comes from the card or from ``benchmark_paths.<card>``; ``benchmark_limits.<card
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
+import logging
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -19,6 +21,7 @@ from vlmtune.config.schema import BenchmarkConfig, RecipeConfig
 from vlmtune.errors import ConfigError, VlmtuneError
 
 HELDOUT = "heldout"
+log = logging.getLogger(__name__)
 
 
 def available() -> list[str]:
@@ -31,7 +34,7 @@ def load_cards(recipe: RecipeConfig) -> dict[str, BenchmarkConfig]:
         raise ConfigError(f"benchmarks is empty; name at least one of: {', '.join(available())}")
     cards: dict[str, BenchmarkConfig] = {}
     for i, name in enumerate(recipe.benchmarks):
-        card = recipe.benchmark if name == HELDOUT else _load(i, name, recipe)
+        card = _overridden(recipe.benchmark, recipe) if name == HELDOUT else _load(i, name, recipe)
         if card.name in cards:
             raise ConfigError(f"benchmarks[{i}]={name!r}: benchmark {card.name!r} is named twice")
         cards[card.name] = card
@@ -52,11 +55,17 @@ def _load(i: int, name: str, recipe: RecipeConfig) -> BenchmarkConfig:
         raise ConfigError(f"benchmark card {file}: {str(err).splitlines()[0]}") from err
     assert isinstance(card, BenchmarkConfig)
     card.name = name
-    if recipe.benchmark_paths.get(name):
-        card.path = recipe.benchmark_paths[name]
-    if recipe.benchmark_limits.get(name) is not None:
-        card.limit = recipe.benchmark_limits[name]
-    return card
+    return _overridden(card, recipe)
+
+
+def _overridden(card: BenchmarkConfig, recipe: RecipeConfig) -> BenchmarkConfig:
+    """The card with ``benchmark_paths.<name>`` / ``benchmark_limits.<name>`` applied."""
+    changes: dict = {}
+    if recipe.benchmark_paths.get(card.name):
+        changes["path"] = recipe.benchmark_paths[card.name]
+    if recipe.benchmark_limits.get(card.name) is not None:
+        changes["limit"] = recipe.benchmark_limits[card.name]
+    return dataclasses.replace(card, **changes) if changes else card
 
 
 def resolve_path(card: BenchmarkConfig) -> Path:
@@ -88,7 +97,12 @@ def data_file(card: BenchmarkConfig) -> Path:
 
 def check_cards(recipe: RecipeConfig) -> None:
     """Every card named, and each non-heldout card's data file, exists (preflight)."""
-    for card in load_cards(recipe).values():
+    loaded = load_cards(recipe)
+    for key, value in recipe.benchmark_paths.items():
+        if value and key not in loaded:
+            log.warning("benchmark_paths.%s is set but %s is not in benchmarks=%s; it is not "
+                        "scored", key, key, recipe.benchmarks)
+    for card in loaded.values():
         if card.format != "heldout":
             try:
                 data_file(card)
