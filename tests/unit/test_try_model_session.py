@@ -64,3 +64,11 @@ def test_models_alias_resolves_to_the_registered_run_dir(tmp_path):
         run_dir_of_model(uri, "models:/vlmtune-demo@previous")
     with pytest.raises(ConfigError, match="no MLflow store"):
         run_dir_of_model(f"sqlite:///{tmp_path / 'none.db'}", "models:/x@champion")
+
+
+def test_a_model_directory_is_both_base_and_tuned_with_its_family_template(tiny_model_dir):
+    path, _ = tiny_model_dir
+    target = resolve_target(str(path), device="cpu")
+    assert target.base == target.tuned == (path, None)
+    assert (target.model.family, target.model.chat_template) == ("internvl", "internlm2")
+    assert target.run_dir is None

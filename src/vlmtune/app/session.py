@@ -85,7 +85,11 @@ def resolve_target(arg: str, tracking_uri: str | None = None, device: str | None
     if (path / "config.yaml").is_file():
         return _run_target(path, device)
     if (path / "config.json").is_file():
-        cfg = ModelConfig(path=str(path), build="none", family=_guess_family(path))
+        from vlmtune.models.families import get_family
+
+        family = get_family(_guess_family(path))
+        cfg = ModelConfig(path=str(path), build="none", family=family.name,
+                          chat_template=family.chat_template)
         return Target(cfg, _device(device or "auto"), (path, None), (path, None))
     raise ConfigError(f"{arg}: neither a vlmtune run directory (config.yaml) nor a model "
                       "directory (config.json)")
