@@ -122,3 +122,15 @@ def test_sampler_gives_each_rank_a_disjoint_share_of_every_global_batch():
     assert _first(_Fixed(6, 0, start=1).shard(1, 2), 2) == [[16], [11, 13, 15]]
     assert _Fixed(6, 0).shard(1, 2).state(3)["world_size"] == 2
     assert "world_size" not in _Fixed(6, 0).state(3)
+
+
+def test_run_key_ignores_where_processes_meet_but_not_how_many_there_are():
+    from vlmtune.config import run_key
+
+    def key(*extra):
+        return run_key(validate(compose_recipe(["experiment=demo", "device=cpu",
+                                                "launcher=torchrun", *extra])), "fp")
+
+    base = key()
+    assert key("launcher.master_port=29512", "launcher.master_addr=10.0.0.1") == base
+    assert key("launcher.nproc_per_node=4") != base  # the global batch changes
