@@ -44,7 +44,7 @@ def write_spec(tmp_path: Path, cache: Path, *, root: Path, retries: int = 0,
         "experiment=demo", f"cache_dir={cache}", f"output_root={tmp_path / 'outputs'}",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "dataset.synthetic=null",
         f"dataset.root={root}", "train.max_iters=16", "train.save_every=2",
-        "benchmark.limit=4", "benchmark.scorers=[likelihood]", *extra]
+        "benchmarks=[heldout]", "benchmark.limit=4", "benchmark.scorers=[likelihood]", *extra]
     spec = {
         "name": NAME, "overrides": overrides, "trigger": {"root": str(root), "when": "changed"},
         "gate": {"benchmark": "foodie_synth_sivqa", "metric": "accuracy", "min_delta": 0.0},
