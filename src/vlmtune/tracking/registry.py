@@ -97,7 +97,8 @@ class Registry:
     def aliases(self, name: str) -> dict[str, str]:
         """``{alias: version}`` of registered model ``name`` ({} when it does not exist)."""
         try:
-            return dict(self.client.get_registered_model(name).aliases)
+            return {k: str(v) for k, v in
+                    self.client.get_registered_model(name).aliases.items()}
         except MlflowException:
             return {}
 
