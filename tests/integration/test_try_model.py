@@ -225,3 +225,12 @@ def test_app_page_in_headless_chromium(demo_run, expected, app_url):
         assert answers(driver) == want
     finally:
         driver.quit()
+
+
+def test_the_registry_champion_resolves_to_the_run(demo_run):
+    from vlmtune.app.session import resolve_target
+
+    result, recipe = demo_run
+    target = resolve_target("models:/vlmtune-demo@champion", str(recipe.tracking.uri), "cpu")
+    assert target.run_dir == result.run_dir
+    assert target.tuned == (result.run_dir / "merged", None)
