@@ -182,6 +182,8 @@ class TrainConfig:
     lr: float = 2e-4
     projector_lr: float | None = None
     weight_decay: float = 0.0
+    # Samples per micro-batch of each process (launcher=torchrun: a global batch holds
+    # batch_size x nproc_per_node x nnodes).
     batch_size: int = 4
     grad_accum: int = 1
     # Exactly one of max_iters / epochs. An iteration is one micro-batch (as in mmengine).

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import shutil
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -183,7 +184,11 @@ def _train(model, dataset, collate_fn, param_groups, cfg, work_dir, checkpoint_d
             experiment_name=f"vlmtune-{uuid.uuid4().hex[:8]}",
             default_scope=None,
         )
-        runner.train()
+        try:
+            runner.train()
+        finally:
+            if not main:
+                shutil.rmtree(logs, ignore_errors=True)  # this rank's mmengine scratch
     return TrainResult(max_iters, resume.iteration if resume else None)
 
 
