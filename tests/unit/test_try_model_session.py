@@ -72,3 +72,19 @@ def test_a_model_directory_is_both_base_and_tuned_with_its_family_template(tiny_
     assert target.base == target.tuned == (path, None)
     assert (target.model.family, target.model.chat_template) == ("internvl", "internlm2")
     assert target.run_dir is None
+
+
+def test_replies_stream_one_snapshot_per_generated_token(tiny_model_dir):
+    from vlmtune.app.session import ChatModel, Conversation
+    from vlmtune.evaluation.multiple_choice import MultipleChoiceScorer
+
+    path, _ = tiny_model_dir
+    model = ChatModel(resolve_target(str(path), device="cpu"), "tuned")
+    ids, tensors = model.prompt(Conversation(), "What dish is this?")
+    full = MultipleChoiceScorer(model.loaded, model.template, None).generate_ids(
+        [(ids, tensors)], 5)[0]  # evaluation's greedy generation, all at once
+    snapshots = list(model.stream(ids, tensors, max_new_tokens=5))
+    assert snapshots == [model.tok.decode(full[:k], skip_special_tokens=True)
+                         for k in range(1, len(full) + 1)]
+    sampled = list(model.stream(ids, tensors, max_new_tokens=3, temperature=1.0))
+    assert 1 <= len(sampled) <= 3
