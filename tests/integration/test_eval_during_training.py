@@ -3,6 +3,7 @@ training; train.keep_best keeps the best-scoring checkpoint and the train stage'
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -117,3 +118,85 @@ def test_eval_every_logs_accuracy_and_keep_best_gives_the_adapter(tiny_model_dir
     for key, name in saved_name.items():
         assert torch.equal(adapter[name], best[key].to(adapter[name].dtype)), key
     assert any(not torch.equal(best[k], last[k]) for k in best) == (best_step != 6)
+
+
+class _DropoutLM(torch.nn.Module):
+    """Embedding → dropout → linear next-token model: its losses depend on the torch RNG."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.embed = torch.nn.Embedding(30, 8)
+        self.drop = torch.nn.Dropout(0.3)
+        self.head = torch.nn.Linear(8, 30)
+
+    def forward(self, input_ids, attention_mask, labels):
+        logits = self.head(self.drop(self.embed(input_ids)))
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1),
+                                                 labels[:, 1:].flatten())
+        return type("Out", (), {"loss": loss})
+
+
+def test_a_run_with_evaluation_resumes_exactly(tmp_path):
+    """Interrupted after step 6 (checkpoint at 4) and resumed: the same losses, scores and best
+    checkpoint as an uninterrupted run; the scorer itself draws random numbers and runs the
+    model, and neither disturbs training."""
+    from vlmtune.config.schema import TrainConfig
+    from vlmtune.training.engine import train
+
+    g = torch.Generator().manual_seed(1)
+    rows = [torch.randint(0, 30, (int(n),), generator=g)
+            for n in torch.randint(4, 12, (24,), generator=g)]
+    probe = torch.randint(0, 30, (2, 6), generator=g)
+
+    def collate(batch):
+        width = max(len(r) for r in batch)
+        ids = torch.stack([torch.cat([r, r.new_zeros(width - len(r))]) for r in batch])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+    cfg = TrainConfig(lr=5e-2, batch_size=3, max_iters=8, save_every=4, keep_last_n=2,
+                      eval_every=2, keep_best=True, warmup_ratio=0.0)
+
+    class Stop(Exception):
+        pass
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(rows)
+
+        def __getitem__(self, index: int) -> torch.Tensor:
+            return rows[index]
+
+    def run(root, stop_at=None, every=2):
+        model, log = _DropoutLM(), {}
+
+        def evaluate() -> float:
+            torch.rand(5)  # a scorer may draw random numbers: training must not see them
+            return -float(model(probe, None, probe).loss)
+
+        def record(step, metrics):
+            log[step] = {k: v for k, v in metrics.items() if k != "train/tokens_per_s"}
+            if step == stop_at:
+                raise Stop
+
+        hook = EvalEvery(record, evaluate, every=every, name="eval/b/accuracy", model=model,
+                         best_root=root / "checkpoints")
+        with contextlib.suppress(Stop):
+            train(model, dataset=Rows(), collate_fn=collate,
+                  param_groups=[{"params": list(model.parameters())}], cfg=cfg,
+                  work_dir=root / "logs", checkpoint_dir=root / "checkpoints", on_step=hook)
+        return model, log
+
+    _, whole = run(tmp_path / "whole")
+    _, first = run(tmp_path / "cut", stop_at=6)
+    model, resumed = run(tmp_path / "cut")
+    assert sorted(first) == [1, 2, 3, 4, 5, 6] and sorted(resumed) == [5, 6, 7, 8]
+    assert {**first, **resumed} == whole  # losses, lr and scores of every step
+    assert sorted(s for s, m in whole.items() if "eval/b/accuracy" in m) == [2, 4, 6, 8]
+    _, plain = run(tmp_path / "plain", every=100)  # never evaluates: the same losses
+    assert {s: m["train/loss"] for s, m in plain.items()} == \
+        {s: m["train/loss"] for s, m in whole.items()}
+    meta = json.loads((tmp_path / "cut/checkpoints/best/meta.json").read_text())
+    assert meta == json.loads((tmp_path / "whole/checkpoints/best/meta.json").read_text())
+    scores = {s: m["eval/b/accuracy"] for s, m in whole.items() if "eval/b/accuracy" in m}
+    assert meta["iteration"] == min(s for s, v in scores.items() if v == max(scores.values()))
