@@ -244,3 +244,21 @@ def test_likelihood_norm_sum_vs_mean():
     assert (by_sum["pred"], by_sum["correct"]) == ("A", False)
     assert (by_mean["pred"], by_mean["correct"]) == ("B", True)
     assert (by_sum["correct_sum"], by_sum["correct_mean"]) == (False, True)
+
+
+def test_foodieqa_mivqa_and_textqa_files(tmp_path):
+    for n in range(4):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"p{n}.jpg")
+    mivqa = [{"question": "哪一张是饺子？", "question_en": "Which one is dumplings?",
+              "images": [f"p{n}.jpg" for n in range(4)], "answer": "2",
+              "question_type": "name", "qid": "m1"}]
+    textqa = [{"question": "饺子是哪里的菜？", "choices": ["东北", "四川", "广东", "上海"],
+               "answer": "0", "question_type": "region", "qid": "t1"}]
+    (tmp_path / "mivqa_tidy.json").write_text(json.dumps(mivqa, ensure_ascii=False))
+    (tmp_path / "textqa_tidy.json").write_text(json.dumps(textqa, ensure_ascii=False))
+    (m,) = foodieqa_bench.load_items(tmp_path, task="mivqa", lang="zh", template=0)
+    assert m.images == [tmp_path / f"p{n}.jpg" for n in range(4)]
+    assert m.question.count("<image>") == 4 and m.answer == 2 and m.letters == "ABCD"
+    (t,) = foodieqa_bench.load_items(tmp_path, task="textqa", lang="zh", template=0)
+    assert t.images == [] and t.choices == ["东北", "四川", "广东", "上海"] and t.answer == 0
+    assert "（A) 东北" in t.question
