@@ -63,7 +63,7 @@ def test_unknown_strategy_card_is_refused():
         compose_recipe(["strategy=zero9"])
 
 
-def test_fsdp_config_builds_mmengine_fsdp_strategy():
+def test_fsdp_config_builds_mmengine_fsdp_strategy(tmp_path):
     from mmengine._strategy import FSDPStrategy
 
     from vlmtune.training.strategies import flexible_runner_config
@@ -72,7 +72,8 @@ def test_fsdp_config_builds_mmengine_fsdp_strategy():
                                  max_grad_norm=1.0, batch_size=2, precision="bf16")
     strategy = dict(cfg["strategy"])
     assert strategy.pop("type") == "FSDPStrategy"
-    FSDPStrategy(**strategy)  # mmengine accepts every key (constructing it needs no GPU)
+    # mmengine accepts every key (constructing it needs no GPU; it opens a log in work_dir)
+    FSDPStrategy(**strategy, work_dir=str(tmp_path))
     assert cfg["optim_wrapper"]["type"] == "AmpOptimWrapper"
     assert cfg["optim_wrapper"]["dtype"] == "bfloat16"
     assert cfg["optim_wrapper"]["accumulative_counts"] == 2
