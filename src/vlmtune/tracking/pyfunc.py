@@ -64,12 +64,12 @@ def _rows(model_input: Any) -> list[dict]:
     """A DataFrame (``dataframe_records``), a list of dicts, or one dict (``inputs``)."""
     if hasattr(model_input, "to_dict"):
         return model_input.to_dict(orient="records")
-    if isinstance(model_input, dict):
-        columns = {k: v for k, v in model_input.items() if isinstance(v, list)}
-        if columns and len(columns) == len(model_input):  # {"image": [...], "question": [...]}
+    if isinstance(model_input, dict):  # {"image": [...], "question": [...]}: columns
+        columns = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in model_input.items()}
+        if columns and all(isinstance(v, list) for v in columns.values()):
             n = len(next(iter(columns.values())))
             return [{k: v[i] for k, v in columns.items()} for i in range(n)]
-        return [model_input]
+        return [columns]
     return [dict(r) for r in model_input]
 
 
