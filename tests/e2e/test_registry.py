@@ -167,3 +167,28 @@ def test_models_serve_of_the_champion_answers(two_runs, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_new_data_rescores_the_champion_like_with_like(two_runs):
+    """A challenger trained on other data (another synthetic seed) is gated against the
+    champion re-scored on the challenger's own held-out data, never 'not comparable'."""
+    root, good, _ = two_runs
+    cfg_cache = _overrides_of(good.run_dir, root)[1]
+    overrides = ["experiment=demo", cfg_cache, f"output_root={root / 'outputs'}",
+                 f"tracking.uri=sqlite:///{root / 'mlflow.db'}", *FAST, "train.max_iters=5",
+                 "dataset.synthetic.seed=1"]
+    third = run_pipeline(validate(compose_recipe(overrides)))
+    decision = _decision(third.run_dir)
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    assert decision["decision"] in ("promoted", "not_promoted")
+    assert "not comparable" not in decision["reason"]
+    assert "re-scored on this run's data" in decision["reason"]
+    rescored = json.loads(
+        (third.run_dir / "eval/champion/foodie_synth_sivqa/metrics.json").read_text())
+    assert decision["champion"] == rescored["likelihood"]["accuracy"]
+    assert rescored["primary"]["n"] == 16  # this run's held-out items (benchmark.limit)
+    mine = json.loads((third.run_dir / "eval/tuned/foodie_synth_sivqa/metrics.json").read_text())
+    assert decision["challenger"] == mine["likelihood"]["accuracy"]
+    if decision["decision"] == "not_promoted":
+        assert str(champion.version) == decision["champion_version"]

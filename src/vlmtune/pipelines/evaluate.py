@@ -31,7 +31,7 @@ from vlmtune.pipelines.state import write_atomic
 
 log = logging.getLogger(__name__)
 
-PREFIX = {"base": "eval_base", "tuned": "eval"}
+PREFIX = {"base": "eval_base", "tuned": "eval", "champion": "eval_champion"}
 SAMPLES = 3  # sample generations shown in report.md
 # metrics logged per benchmark for each kind: (scorer, metric)
 LOGGED = {"open_ended": (("likelihood", "loss"), ("likelihood", "perplexity"),
@@ -45,11 +45,7 @@ PRIMARY = {"mmbench": "circular_accuracy", "vqa": "vqa_accuracy"}
 
 def run(ctx: RunContext) -> None:
     recipe = ctx.recipe
-    manifest = ctx.manifest()
-    benches = [prepare(card, data_dir=ctx.data_dir, image_root=Path(manifest["image_root"]),
-                       work_dir=ctx.run_dir / "benchmarks",
-                       chat_template=recipe.model.chat_template)
-               for card in load_cards(recipe).values()]
+    benches = prepare_benches(ctx)
     models: dict[str, tuple[Path, Path | None]] = {"base": (ensure_model_dir(recipe.model), None)}
     if "train" in recipe.pipeline.stages:
         models["tuned"] = tuned_model(ctx)
@@ -63,11 +59,24 @@ def run(ctx: RunContext) -> None:
     ctx.tracker.log_artifact(ctx.run_dir / "eval", "eval")
 
 
-def tuned_model(ctx: RunContext) -> tuple[Path, Path | None]:
-    """``merged/``, or base + ``adapter/`` for an adapter that cannot be merged (PLoRA)."""
-    adapter = ctx.run_dir / "adapter"
+def prepare_benches(ctx: RunContext) -> list[Bench]:
+    """Every benchmark of the recipe, its items ready to score."""
+    image_root = Path(ctx.manifest()["image_root"])
+    return [prepare(card, data_dir=ctx.data_dir, image_root=image_root,
+                    work_dir=ctx.run_dir / "benchmarks",
+                    chat_template=ctx.recipe.model.chat_template)
+            for card in load_cards(ctx.recipe).values()]
+
+
+def tuned_model(ctx: RunContext, run_dir: Path | None = None) -> tuple[Path, Path | None]:
+    """``merged/``, or base + ``adapter/`` for an adapter that cannot be merged (PLoRA), of
+    this run (or of another run directory of the same recipe, e.g. the champion's)."""
+    run_dir = ctx.run_dir if run_dir is None else run_dir
+    adapter = run_dir / "adapter"
     if is_plora_adapter(adapter):
         return ensure_model_dir(ctx.recipe.model), adapter
+    if run_dir != ctx.run_dir:
+        return run_dir / "merged", None
     return ctx.require("merged", "convert"), None
 
 

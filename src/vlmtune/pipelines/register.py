@@ -64,10 +64,18 @@ def run(ctx: RunContext) -> None:
     if champion is not None and champion.version == version.version:
         champion = None  # a re-run after promotion: compare with nothing, stays promoted
     champion_value = comparable_value(champion, score)
+    why_incomparable = incomparable_reason(champion, score)
+    rescored = False
+    if champion is not None and only_data_differs(champion, score):
+        champion_value = rescore_champion(ctx, champion, score)
+        rescored = champion_value is not None
+        why_incomparable = None if rescored else why_incomparable
     verdict, reason = gate_decision(score.value, champion_value, recipe.registry.gate.min_delta,
                                     metric=score.metric,
                                     champion_version=champion.version if champion else None,
-                                    why_incomparable=incomparable_reason(champion, score))
+                                    why_incomparable=why_incomparable)
+    if rescored:
+        reason += " (the champion re-scored on this run's data)"
     registry.set_tags(name, version.version, {
         TAG + "decision": verdict, TAG + "challenger": score.value,
         TAG + "champion": "none" if champion_value is None else champion_value,
@@ -182,6 +190,42 @@ def incomparable_reason(champion, score: Score) -> str | None:
         if theirs != mine:
             return f"{key} {theirs} vs {mine}"
     return None
+
+
+def only_data_differs(champion, score: Score) -> bool:
+    """The champion was gated on the same benchmark and metric but on other data."""
+    tags = champion.tags
+    same = (tags.get(TAG + "benchmark"), tags.get(TAG + "metric")) == (score.benchmark,
+                                                                       score.metric)
+    return TAG + "challenger" in tags and same and tags.get(TAG + "digest") != score.digest
+
+
+def rescore_champion(ctx: RunContext, champion, score: Score) -> float | None:
+    """The champion's gate metric on this run's data (like with like): its run's tuned model
+    scored here into ``eval/champion/<benchmark>/``; None when its run directory is gone."""
+    import shutil
+
+    from vlmtune.pipelines.evaluate import evaluate_model, prepare_benches, tuned_model
+    from vlmtune.tracking.lookup import run_dir_of
+
+    try:
+        champion_dir = run_dir_of(ctx.recipe.tracking.uri, champion.run_id)
+    except ConfigError as err:
+        log.warning("register: cannot re-score champion v%s: %s", champion.version, err)
+        return None
+    model_dir, adapter = tuned_model(ctx, champion_dir)
+    if not (adapter or model_dir).exists():
+        log.warning("register: cannot re-score champion v%s: %s is gone", champion.version,
+                    adapter or model_dir)
+        return None
+    benches = [b for b in prepare_benches(ctx) if b.name == score.benchmark]
+    if not benches:
+        return None
+    log.info("register: champion v%s was scored on other data; re-scoring it (%s) on %s",
+             champion.version, champion_dir, score.benchmark)
+    shutil.rmtree(ctx.run_dir / "eval" / "champion", ignore_errors=True)
+    result = evaluate_model(ctx, "champion", model_dir, adapter, benches)[score.benchmark]
+    return metric_value(result, ctx.recipe.registry.gate.metric, score.benchmark)[1]
 
 
 def model_artifacts(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
