@@ -7,6 +7,7 @@ last completed checkpoint, KILLED status of the interrupted attempt, and skippin
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -22,6 +23,8 @@ from vlmtune.config import compose_recipe, validate
 from vlmtune.pipelines.runner import run_pipeline
 
 BENCH = "foodie_synth_sivqa"
+MMBENCH = "mmbench_synth"  # the demo's second benchmark: a bundled MMBench-format TSV
+MMBENCH_TSV = Path(__file__).parents[2] / "datasets/samples/mmbench_synth/mmbench_synth.tsv"
 ITER_FILES = ["COMPLETED", "meta.json", "optimizer.pt", "rng.pt", "scheduler.pt",
               "trainable.safetensors"]
 
@@ -37,11 +40,18 @@ def expected_files(max_iters: int, save_every: int, keep: int) -> set[str]:
              "merged/chat_template.jinja", "merged/preprocessor_config.json",
              "merged/processor_config.json"}
     files |= {f"checkpoints/iter_{n}/{f}" for n in saved for f in ITER_FILES}
-    files |= {f"eval/{label}/{BENCH}/{f}" for label in ("base", "tuned")
-              for f in ("predictions.jsonl", "metrics.json")}
+    files |= {f"eval/{label}/{bench}/{f}" for label in ("base", "tuned")
+              for bench in (BENCH, MMBENCH) for f in ("predictions.jsonl", "metrics.json")}
     files |= {f"plots/{name}.png" for name in ("loss", "lr", "benchmarks", f"categories_{BENCH}",
-                                                f"confusion_{BENCH}")}
+                                                f"confusion_{BENCH}", f"categories_{MMBENCH}")}
     return files
+
+
+def mmbench_images() -> int:
+    """Distinct images of the TSV: cells of more than 64 characters (base64); shorter ones name
+    the row whose image they reuse (VLMEvalKit's convention)."""
+    rows = list(csv.DictReader(MMBENCH_TSV.open(encoding="utf-8"), delimiter="\t"))
+    return len({r["image"] for r in rows if len(r["image"]) > 64})
 
 
 def run_files(run_dir: Path) -> set[str]:
@@ -84,14 +94,18 @@ def test_demo_pipeline_kill_resume_skip(demo_overrides, tmp_path, caplog):
         result = run_pipeline(recipe)
     assert result.run_dir == run_dir
     assert result.skipped == ["ingest"]
-    assert result.ran == ["train", "convert", "evaluate"]
+    assert result.ran == ["train", "convert", "evaluate", "register"]
     resumed = [r.getMessage() for r in caplog.records if "resumed from" in r.getMessage()]
     assert resumed and "iter_" in resumed[0], caplog.text
 
     # 3. exactly the promised files
     train = recipe.train
-    assert run_files(run_dir) == expected_files(train.max_iters, train.save_every,
-                                                train.keep_last_n)
+    files, expected = run_files(run_dir), expected_files(train.max_iters, train.save_every,
+                                                         train.keep_last_n)
+    decoded = {f for f in files if f.startswith(f"benchmarks/{MMBENCH}/")}
+    assert len(decoded) == mmbench_images() and all(f.endswith(".img") for f in decoded)
+    files -= decoded
+    assert files == expected, (sorted(files - expected), sorted(expected - files))
     assert (run_dir / "logs").is_dir()
 
     # 4. the MLflow run (reopened, same id) as read back from its store
@@ -122,5 +136,6 @@ def test_demo_pipeline_kill_resume_skip(demo_overrides, tmp_path, caplog):
     # 5. and once more: every stage skipped, nothing rewritten
     before = (run_dir / "merged/model.safetensors").stat().st_mtime_ns
     again = run_pipeline(recipe)
-    assert again.ran == [] and again.skipped == ["ingest", "train", "convert", "evaluate"]
+    assert again.ran == [] and again.skipped == ["ingest", "train", "convert", "evaluate",
+                                                 "register"]
     assert (run_dir / "merged/model.safetensors").stat().st_mtime_ns == before
