@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -13,8 +14,14 @@ from vlmtune.pipelines.runner import PipelineResult
 LEFT_COLUMNS = ("benchmark", "scorer", "metric", "")
 
 
+def wide_console() -> Console:
+    """The terminal's width, or 160 columns when writing to a file or pipe (rich's 80 would
+    squash the results table into ellipses)."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
 def print_summary(result: PipelineResult) -> None:
-    console = Console()
+    console = wide_console()
     if result.skipped:
         console.print(f"skipped finished stages: {', '.join(result.skipped)}")
     if "ingest" in result.ran:
@@ -28,6 +35,11 @@ def print_summary(result: PipelineResult) -> None:
             table.add_row(*row)
         console.print(table)
         console.print(PRIMARY_NOTE)
+    registry = result.run_dir / "registry.json"
+    if registry.exists():
+        gate = json.loads(registry.read_text(encoding="utf-8"))
+        console.print(f"registry: {gate['model']} version {gate['version']} "
+                      f"{gate['decision'].replace('_', ' ')}: {gate['reason']}")
     console.print(f"run directory: {result.run_dir}")
     console.print(f"MLflow run id: {result.mlflow_run_id or '(tracking disabled)'}")
 

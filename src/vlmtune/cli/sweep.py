@@ -149,7 +149,6 @@ def write_sweep_summary(sweep_dir: Path, jobs: list[dict[str, Any]], header: lis
 
 
 def print_sweep_table(header: list[str], rows: list[list[str]], sweep_dir: Path) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"sweep: {len(rows)} jobs")
@@ -158,7 +157,9 @@ def print_sweep_table(header: list[str], rows: list[list[str]], sweep_dir: Path)
                          or i == 0 else "left", overflow="fold")
     for row in rows:
         table.add_row(*row)
-    console = Console()
+    from vlmtune.summary import wide_console
+
+    console = wide_console()
     console.print(table)
     console.print(f"sweep summary: {sweep_dir / 'sweep_summary.md'} (and .json)")
 
