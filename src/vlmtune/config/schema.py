@@ -17,7 +17,6 @@ from vlmtune.errors import ConfigError
 
 FAMILIES = ("internvl", "llava", "llava_next", "qwen2_vl", "blip2",)
 DTYPES = ("float32", "bfloat16", "float16")
-CHAT_TEMPLATES = ("internlm2", "vicuna_v1", "qwen2_chatml", "blip2",)
 METHODS = ("lora", "plora", "qlora", "full")
 FREEZE_PRESETS = ("projector_only", "tutorial", "xcomposer_pretrain", "all")
 ADAPTERS = ("foodieqa", "llava", "sharegpt", "hf", "csv")
