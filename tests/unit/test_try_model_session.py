@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -74,7 +75,7 @@ def test_a_model_directory_is_both_base_and_tuned_with_its_family_template(tiny_
     assert target.run_dir is None
 
 
-def test_replies_stream_one_snapshot_per_generated_token(tiny_model_dir):
+def test_replies_stream_growing_snapshots_of_the_generated_tokens(tiny_model_dir):
     from vlmtune.app.session import ChatModel, Conversation
     from vlmtune.evaluation.multiple_choice import MultipleChoiceScorer
 
@@ -82,9 +83,15 @@ def test_replies_stream_one_snapshot_per_generated_token(tiny_model_dir):
     model = ChatModel(resolve_target(str(path), device="cpu"), "tuned")
     ids, tensors = model.prompt(Conversation(), "What dish is this?")
     full = MultipleChoiceScorer(model.loaded, model.template, None).generate_ids(
-        [(ids, tensors)], 5)[0]  # evaluation's greedy generation, all at once
-    snapshots = list(model.stream(ids, tensors, max_new_tokens=5))
-    assert snapshots == [model.tok.decode(full[:k], skip_special_tokens=True)
-                         for k in range(1, len(full) + 1)]
+        [(ids, tensors)], 8)[0]  # evaluation's greedy generation, all at once
+    prefixes = [model.tok.decode(full[:k], skip_special_tokens=True)
+                for k in range(1, len(full) + 1)]
+    snapshots = list(model.stream(ids, tensors, max_new_tokens=8))
+    assert snapshots[-1] == prefixes[-1]
+    assert 1 <= len(snapshots) <= len(full) + 1
+    assert all(b.startswith(a) and b != a for a, b in pairwise(snapshots))
+    for shown in snapshots[:-1]:  # a prefix's decode, less an unfinished character's U+FFFD
+        assert not shown.endswith("\ufffd")
+        assert any(p.startswith(shown) and set(p[len(shown):]) <= {"\ufffd"} for p in prefixes)
     sampled = list(model.stream(ids, tensors, max_new_tokens=3, temperature=1.0))
-    assert 1 <= len(sampled) <= 3
+    assert 1 <= len(sampled) <= 3 + 1  # one a token, and the full decode if it was held back

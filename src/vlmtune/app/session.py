@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,8 +180,8 @@ class ChatModel:
 
     def stream(self, ids: list[int], tensors: dict[str, Any], *, max_new_tokens: int = 128,
                temperature: float = 0.0) -> Iterator[str]:
-        """The reply so far, after each generated token (greedy at temperature 0); the last
-        text is the decode of every generated id."""
+        """The reply so far, as tokens are generated (greedy at temperature 0); the last text
+        is the decode of every generated id (see ``decode_steps``)."""
         import torch
 
         device = next(self.loaded.model.parameters()).device
@@ -210,10 +210,7 @@ class ChatModel:
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
-        generated: list[int] = []
-        for step in tokens:
-            generated += step
-            yield self.tok.decode(generated, skip_special_tokens=True)
+        yield from decode_steps(self.tok, tokens)
         thread.join()
         if failure:
             raise failure[0]
@@ -246,6 +243,34 @@ class _TokenQueue:
     def __iter__(self) -> Iterator[list[int]]:
         while (step := self.steps.get()) is not None:
             yield step
+
+
+def stream_text(decoded: str) -> str:
+    """What of a partial decode to show: without the trailing U+FFFD that a character whose
+    bytes are not all generated yet (CJK, emoji split over byte tokens) decodes to."""
+    return decoded.rstrip("\ufffd")
+
+
+def decode_steps(tok: Any, steps: Iterable[list[int]]) -> Iterator[str]:
+    """The text of the ids so far, after each step's new ids, an unfinished last character held
+    back: each text extends the one before (none twice in a row) unless the decode itself
+    rewrote earlier text. The last text is ``tok.decode`` of every id, unchanged (an invalid
+    byte still shows there); there is always one, if only ``""``.
+
+    A shorter text is held back too: SentencePiece's byte fallback decodes a run of byte
+    tokens as one, so the bytes of a finished character followed by those of an unfinished
+    one give only U+FFFD ("面条很" then "面条" + 4 U+FFFD, then "面条很好")."""
+    generated: list[int] = []
+    shown: str | None = None
+    for step in steps:
+        generated += step
+        text = stream_text(tok.decode(generated, skip_special_tokens=True))
+        if not (shown or "").startswith(text):
+            shown = text
+            yield text
+    final = tok.decode(generated, skip_special_tokens=True)
+    if final != shown:
+        yield final
 
 
 def heldout_examples(target: Target, limit: int = 4) -> list[tuple[Path, str]]:
