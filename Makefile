@@ -3,6 +3,7 @@
 #   make test    the test suite (SLOW=1 adds the slow tests)
 #   make ui      the MLflow dashboard on http://127.0.0.1:5000
 #   make app     the optional web page's dependencies (vlmtune app RUN)
+#   make deepspeed  DeepSpeed for strategy=deepspeed_zero2|3
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,7 +16,7 @@ MLFLOW_URI ?= sqlite:///mlflow.db
 # gpu tests skip themselves without CUDA; slow ones run with SLOW=1.
 PYTEST_MARKERS := $(if $(SLOW),,-m "not slow")
 
-.PHONY: setup app demo test bench ui lint format clean
+.PHONY: setup app deepspeed demo test bench ui lint format clean
 
 setup: $(STAMP)
 
@@ -35,11 +36,19 @@ $(APP_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/pip install $(PIP_FLAGS) -e ".[dev,app]"
 	@touch $(APP_STAMP)
 
+# DeepSpeed (strategy=deepspeed_zero2|3); the tests run it on the CPU. torch stays as pinned.
+DS_STAMP := $(VENV)/.deepspeed-stamp
+deepspeed: $(DS_STAMP)
+
+$(DS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install $(PIP_FLAGS) -e ".[dev,deepspeed]"
+	@touch $(DS_STAMP)
+
 demo: setup
 	$(BIN)/vlmtune run experiment=demo
 
 # The cron round-trip test needs `crontab`: installed here when running as root with apt-get.
-test: setup $(APP_STAMP)
+test: setup $(APP_STAMP) $(DS_STAMP)
 	@command -v crontab >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && { apt-get install -y -qq cron >/dev/null 2>&1 \
 	       || { apt-get update -qq && apt-get install -y -qq cron >/dev/null; }; }; } \

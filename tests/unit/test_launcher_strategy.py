@@ -4,6 +4,7 @@ FlexibleRunner configs, and how the batch sampler shards a global batch over ran
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 
 import pytest
@@ -49,12 +50,45 @@ def test_bad_launcher_values_name_the_key(override, key):
         validate(compose_recipe(["experiment=demo", "device=cpu", override]))
 
 
-@pytest.mark.parametrize("strategy", ["deepspeed_zero2", "deepspeed_zero3", "fsdp"])
-def test_sharding_strategies_are_refused_on_the_cpu_naming_strategy(strategy):
-    cfg = compose_recipe(["experiment=demo", f"strategy={strategy}", "launcher=torchrun",
+SHARDED = ["deepspeed_zero2", "deepspeed_zero3", "fsdp"]
+
+
+@pytest.mark.parametrize("strategy", SHARDED)
+def test_sharded_strategies_validate_on_the_cpu_under_torchrun(strategy):
+    recipe = validate(compose_recipe(["experiment=demo", f"strategy={strategy}",
+                                      "launcher=torchrun", "device=cpu"]))
+    assert (recipe.strategy.name, recipe.launcher.name) == (strategy, "torchrun")
+
+
+@pytest.mark.parametrize(("strategy", "extra", "message"), [
+    ("fsdp", [], "strategy=fsdp shards the model over processes: use it with launcher=torchrun"),
+    ("deepspeed_zero3", ["launcher=torchrun", "train.eval_every=10"],
+     "train.eval_every with strategy=deepspeed_zero3"),
+])
+def test_sharded_strategies_refuse_what_they_cannot_do(strategy, extra, message):
+    cfg = compose_recipe(["experiment=demo", f"strategy={strategy}", "device=cpu", *extra])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(cfg)
+
+
+def test_sharded_strategies_refuse_4bit_weights():
+    # (on the CPU method=qlora is refused before, for want of CUDA)
+    from vlmtune.training.strategies import check_strategy
+
+    with pytest.raises(ConfigError, match="method=qlora with strategy=fsdp"):
+        check_strategy("fsdp", "torchrun", method="qlora")
+
+
+def test_deepspeed_strategy_names_the_missing_package(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "deepspeed" else real(name, *a))
+    cfg = compose_recipe(["experiment=demo", "strategy=deepspeed_zero2", "launcher=torchrun",
                           "device=cpu"])
-    assert cfg.strategy.name == strategy
-    with pytest.raises(ConfigError, match=f"strategy={strategy} needs CUDA"):
+    with pytest.raises(ConfigError, match=r"strategy=deepspeed_zero2 needs the deepspeed "
+                                          r"package \(pip install 'vlmtune\[deepspeed\]'\)"):
         validate(cfg)
 
 
@@ -63,20 +97,30 @@ def test_unknown_strategy_card_is_refused():
         compose_recipe(["strategy=zero9"])
 
 
-def test_fsdp_config_builds_mmengine_fsdp_strategy(tmp_path):
+def test_fsdp_config_builds_mmengine_fsdp_strategy_and_wraps_what_trains(tmp_path):
+    import torch
     from mmengine._strategy import FSDPStrategy
 
     from vlmtune.training.strategies import flexible_runner_config
 
-    cfg = flexible_runner_config("fsdp", lr=1e-3, weight_decay=0.0, grad_accum=2,
-                                 max_grad_norm=1.0, batch_size=2, precision="bf16")
-    strategy = dict(cfg["strategy"])
+    cfg = flexible_runner_config("fsdp", grad_accum=2, max_grad_norm=1.0, batch_size=2,
+                                 precision="bf16", device="cuda:1")
+    strategy = dict(cfg)
     assert strategy.pop("type") == "FSDPStrategy"
     # mmengine accepts every key (constructing it needs no GPU; it opens a log in work_dir)
     FSDPStrategy(**strategy, work_dir=str(tmp_path))
-    assert cfg["optim_wrapper"]["type"] == "AmpOptimWrapper"
-    assert cfg["optim_wrapper"]["dtype"] == "bfloat16"
-    assert cfg["optim_wrapper"]["accumulative_counts"] == 2
+    wrapper = cfg["model_wrapper"]
+    assert (wrapper["device_id"], wrapper["use_orig_params"]) == (1, True)
+    cpu = flexible_runner_config("fsdp", grad_accum=1, max_grad_norm=None, batch_size=2,
+                                 precision="fp32", device="cpu")
+    assert cpu["model_wrapper"]["device_id"] == torch.device("cpu")
+    # The policy: a module whose own parameters train is a unit of its own (its flat
+    # parameter holds one dtype); frozen modules only by size (1M parameters).
+    policy = wrapper["auto_wrap_policy"]
+    trained, frozen = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4).requires_grad_(False)
+    assert policy(module=trained, recurse=False, nonwrapped_numel=20)
+    assert not policy(module=frozen, recurse=False, nonwrapped_numel=20)
+    assert policy(module=frozen, recurse=False, nonwrapped_numel=2_000_000)
 
 
 def test_zero3_config_fits_mmengine_deepspeed_strategy():
@@ -84,10 +128,10 @@ def test_zero3_config_fits_mmengine_deepspeed_strategy():
 
     from vlmtune.training.strategies import flexible_runner_config
 
-    cfg = flexible_runner_config("deepspeed_zero3", lr=1e-3, weight_decay=0.0, grad_accum=4,
-                                 max_grad_norm=0.5, batch_size=3, precision="bf16",
+    cfg = flexible_runner_config("deepspeed_zero3", grad_accum=4, max_grad_norm=0.5,
+                                 batch_size=3, precision="bf16", device="cuda:0",
                                  offload_optimizer=True)
-    strategy = dict(cfg["strategy"])
+    strategy = dict(cfg)
     assert strategy.pop("type") == "DeepSpeedStrategy"
     inspect.signature(DeepSpeedStrategy.__init__).bind(None, **strategy)  # known keys only
     assert strategy["zero_optimization"]["stage"] == 3
@@ -95,7 +139,6 @@ def test_zero3_config_fits_mmengine_deepspeed_strategy():
     assert (strategy["gradient_accumulation_steps"], strategy["train_micro_batch_size_per_gpu"],
             strategy["gradient_clipping"]) == (4, 3, 0.5)
     assert strategy["bf16"] == {"enabled": True}
-    assert cfg["optim_wrapper"]["type"] == "DeepSpeedOptimWrapper"
 
 
 class _Fixed(EpochBatchSampler):

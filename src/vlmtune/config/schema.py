@@ -419,12 +419,15 @@ class LauncherConfig:
 @dataclass
 class StrategyConfig:
     """The distributed engine of the train stage: ddp (mmengine Runner), or mmengine's
-    FlexibleRunner with DeepSpeed ZeRO-2/3 or FSDP (CUDA, experimental)."""
+    FlexibleRunner with DeepSpeed ZeRO-2/3 or FSDP (with launcher=torchrun; CUDA, or gloo on
+    the CPU)."""
 
     name: str = "ddp"
     # DeepSpeed: offload optimizer states to the CPU (ZeRO-Offload).
     offload_optimizer: bool = False
-    # FSDP: how checkpoints are gathered (full: one state dict on rank 0; local: per rank).
+    # FSDP: how a checkpoint holds the optimizer state (full: one file gathered on rank 0,
+    # resumable by any number of processes; local: one shard per rank, resumed by as many).
+    # The trainable weights are always gathered whole.
     state_dict_type: str = "full"
 
     def __post_init__(self) -> None:
@@ -480,8 +483,9 @@ class RecipeConfig:
             raise ConfigError(f"train.precision='fp16' needs CUDA (device={self.device!r} runs "
                               "on the CPU); use train.precision=bf16 or fp32")
         if self.strategy.name != "ddp":
-            from vlmtune.training.strategies import check_strategy  # torch, deepspeed
+            from vlmtune.training.strategies import check_strategy
 
-            check_strategy(self.strategy.name, device, self.launcher.name)
+            check_strategy(self.strategy.name, self.launcher.name,
+                           eval_every=self.train.eval_every, method=self.method.name)
         # not a config key: where model.build=auto may build (vlmtune's own model cache)
         self.model.cache_dir = self.cache_dir

@@ -18,6 +18,7 @@ import torch
 from vlmtune.config.schema import resolve_device
 from vlmtune.data.collate import Collator, ConversationDataset
 from vlmtune.data.templates import get_template
+from vlmtune.errors import StageError
 from vlmtune.evaluation.curves import StepLog
 from vlmtune.models.loading import DTYPES, ensure_model_dir, load_model
 from vlmtune.models.methods import apply_method, save_trained, saves_adapter
@@ -26,6 +27,7 @@ from vlmtune.pipelines.preflight import check_license
 from vlmtune.pipelines.train_eval import take_best, with_evaluation
 from vlmtune.tracking import StepMetrics
 from vlmtune.training import distributed
+from vlmtune.training.checkpoint import latest_checkpoint, load_trainable
 from vlmtune.training.engine import train
 from vlmtune.training.precision import cast_trainable
 
@@ -56,12 +58,7 @@ def run_here(ctx: RunContext, device: str) -> None:
     check_license(recipe.dataset)
     manifest = ctx.manifest()
     seed_everything(recipe.train.seed)
-    loaded = load_model(ensure_model_dir(recipe.model, recipe.cache_dir), recipe.model,
-                        nf4=recipe.method.name == "qlora")
-    tuned = apply_method(loaded.model, loaded.family, recipe.method, lr=recipe.train.lr,
-                         projector_lr=recipe.train.projector_lr,
-                         weight_decay=recipe.train.weight_decay,
-                         image_token_id=loaded.image_token_id)
+    loaded, tuned = _model_with_method(recipe)
     dataset = ConversationDataset(
         ctx.data_dir / "train.jsonl", Path(manifest["image_root"]), loaded.tokenizer,
         loaded.images, template=get_template(recipe.model.chat_template),
@@ -83,11 +80,13 @@ def run_here(ctx: RunContext, device: str) -> None:
             param_groups=tuned.param_groups, cfg=recipe.train, work_dir=ctx.run_dir / "logs",
             checkpoint_dir=ctx.run_dir / "checkpoints", on_step=on_step,
             extra_meta={"run_key": ctx.run_key}, device=device,
-            before_checkpoint=lambda step: step_metrics.flush())
+            before_checkpoint=lambda step: step_metrics.flush(), strategy=recipe.strategy)
     finally:
         step_metrics.flush()  # also when interrupted: every logged step reaches MLflow
     if not distributed.is_main():
         return
+    if result.model_consumed:  # sharded in place: a fresh model takes the final weights
+        tuned = _with_final_weights(ctx, ctx.run_dir / "checkpoints", result.iterations)
     take_best(ctx, tuned.model)  # train.keep_best: the output is the best checkpoint's
     cast_trainable(tuned.model, DTYPES[recipe.model.dtype])  # trained in fp32, saved in dtype
     if result.resumed_from is not None:
@@ -101,6 +100,29 @@ def run_here(ctx: RunContext, device: str) -> None:
         loaded.family.save_processing(loaded.images, tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+
+
+def _with_final_weights(ctx: RunContext, checkpoints: Path, iterations: int):
+    """The recipe's model and method again, with the trainable weights of the checkpoint the
+    sharded training wrote at its last iteration."""
+    recipe = ctx.recipe
+    final = latest_checkpoint(checkpoints)
+    if final is None or final.iteration != iterations:
+        raise StageError(f"train: no checkpoint at iteration {iterations} in {checkpoints} "
+                         f"after training with strategy={recipe.strategy.name}")
+    _, tuned = _model_with_method(recipe)
+    load_trainable(tuned.model, final.path)
+    return tuned
+
+
+def _model_with_method(recipe):
+    """The recipe's model, loaded, with its method (LoRA, PLoRA, freeze preset …) applied."""
+    loaded = load_model(ensure_model_dir(recipe.model, recipe.cache_dir), recipe.model,
+                        nf4=recipe.method.name == "qlora")
+    return loaded, apply_method(loaded.model, loaded.family, recipe.method, lr=recipe.train.lr,
+                                projector_lr=recipe.train.projector_lr,
+                                weight_decay=recipe.train.weight_decay,
+                                image_token_id=loaded.image_token_id)
 
 
 def seed_everything(seed: int) -> None:

@@ -44,20 +44,39 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(ckpt_root: Path, iteration: int, *, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, schedulers: list[Any],
+def staging_path(ckpt_root: Path, iteration: int) -> Path:
+    """Where ``iter_<iteration>/`` is written before it is renamed into place."""
+    return ckpt_root / f".iter_{iteration}.tmp"
+
+
+def begin_checkpoint(ckpt_root: Path, iteration: int) -> Path:
+    """A fresh, empty staging directory for ``iter_<iteration>/``."""
+    tmp = staging_path(ckpt_root, iteration)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def save_checkpoint(ckpt_root: Path, iteration: int, *, model: torch.nn.Module | None = None,
+                    trainable: dict[str, torch.Tensor] | None = None,
+                    optimizer: torch.optim.Optimizer | None = None, schedulers: list[Any],
                     extra: dict[str, Any] | None = None,
                     sampler: dict[str, Any] | None = None,
                     scaler: dict[str, Any] | None = None,
-                    ranks: list[dict[str, Any]] | None = None) -> Path:
+                    ranks: list[dict[str, Any]] | None = None, staged: bool = False) -> Path:
     """Write ``iter_<iteration>/`` atomically; ``ranks``: every DDP rank's random state
-    (:func:`rng_state` of each, by rank), restored per rank on resume."""
+    (:func:`rng_state` of each, by rank), restored per rank on resume.
+
+    The trainable weights are ``trainable`` (by name) or ``model``'s; ``optimizer=None`` when
+    the optimizer state is already in the staging directory (``staged``: written there by
+    every rank of a sharded strategy after :func:`begin_checkpoint`)."""
     final = ckpt_root / f"iter_{iteration}"
-    tmp = ckpt_root / f".iter_{iteration}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(trainable_state(model), tmp / "trainable.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    tmp = staging_path(ckpt_root, iteration) if staged else begin_checkpoint(ckpt_root,
+                                                                             iteration)
+    save_file(trainable if trainable is not None else trainable_state(model),
+              tmp / "trainable.safetensors")
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save([s.state_dict() for s in schedulers], tmp / "scheduler.pt")
     state = {**_rng_state(), **({"sampler": sampler} if sampler else {}),
              **({"scaler": scaler} if scaler else {}), **({"ranks": ranks} if ranks else {})}
@@ -110,11 +129,13 @@ def load_trainable(model: torch.nn.Module, ckpt: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def load_training_state(ckpt: Path, *, optimizer: torch.optim.Optimizer,
+def load_training_state(ckpt: Path, *, optimizer: torch.optim.Optimizer | None,
                         schedulers: list[Any]) -> dict[str, Any]:
-    """Restore optimizer and schedulers; return the random state to apply when training resumes
-    (with the sampler position under ``"sampler"`` when the checkpoint has one)."""
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    """Restore optimizer (unless None: a sharded strategy reads its own) and schedulers; return
+    the random state to apply when training resumes (with the sampler position under
+    ``"sampler"`` when the checkpoint has one)."""
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
     states = torch.load(ckpt / "scheduler.pt", weights_only=True)
     if len(states) != len(schedulers):
         raise CheckpointError(f"{ckpt}: {len(states)} scheduler states for {len(schedulers)} "

@@ -132,7 +132,13 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def _collective_device() -> torch.device:
+def barrier() -> None:
+    """Wait for every rank (a no-op in one process)."""
+    if world_size() > 1:
+        dist.barrier()
+
+
+def collective_device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -142,7 +148,7 @@ def mean_loss_total_tokens(loss: float, tokens: int) -> tuple[float, int]:
     """The step's loss averaged over ranks and its tokens summed (unchanged in one process)."""
     if world_size() == 1:
         return loss, tokens
-    both = torch.tensor([loss, float(tokens)], dtype=torch.float64, device=_collective_device())
+    both = torch.tensor([loss, float(tokens)], dtype=torch.float64, device=collective_device())
     dist.all_reduce(both)
     return float(both[0]) / world_size(), int(both[1])
 

@@ -6,6 +6,7 @@ collate function and the optimizer's parameter groups; they get back the trained
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -24,7 +25,7 @@ from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.runner import Runner
 from torch.utils.data import DataLoader, Dataset
 
-from vlmtune.config.schema import TrainConfig
+from vlmtune.config.schema import StrategyConfig, TrainConfig
 from vlmtune.errors import ConfigError
 from vlmtune.progress import Bar, progress_bar
 from vlmtune.training import checkpoint as ckpt_io
@@ -37,6 +38,8 @@ from vlmtune.training.sampler import (
     LengthGroupedBatchSampler,
     ShuffleBatchSampler,
 )
+from vlmtune.training.shard_state import strategy_state
+from vlmtune.training.strategies import ZERO_STAGES, is_sharded
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,9 @@ log = logging.getLogger(__name__)
 class TrainResult:
     iterations: int
     resumed_from: int | None
+    # A sharded strategy wrapped the model in place (FSDP units, ZeRO-3 partitions): the
+    # trained weights are the last checkpoint's trainable.safetensors, not the model's.
+    model_consumed: bool = False
 
 
 class _LossModel(BaseModel):
@@ -112,7 +118,8 @@ def build_batch_sampler(dataset: Dataset, cfg: TrainConfig, start: int = 0, *, r
 def train(model: torch.nn.Module, *, dataset: Dataset, collate_fn, param_groups: list[dict],
           cfg: TrainConfig, work_dir: Path, checkpoint_dir: Path, on_step: StepCallback,
           extra_meta: dict[str, Any] | None = None, device: str = "cpu",
-          before_checkpoint: Callable[[int], None] | None = None) -> TrainResult:
+          before_checkpoint: Callable[[int], None] | None = None,
+          strategy: StrategyConfig | None = None) -> TrainResult:
     """Train ``model`` in place on ``device``, resuming from the newest completed checkpoint.
 
     On resume the batch sampler starts where the checkpoint left off, so mmengine's replay of
@@ -120,16 +127,23 @@ def train(model: torch.nn.Module, *, dataset: Dataset, collate_fn, param_groups:
     first and stay so (master weights; ``training.precision``): cast them to the dtype to save
     in afterwards. ``before_checkpoint(step)`` runs before each checkpoint is written (e.g. to
     flush buffered metrics up to ``step``).
+
+    ``strategy`` (default ddp): a sharded one trains through mmengine's FlexibleRunner and
+    consumes ``model`` (:attr:`TrainResult.model_consumed`).
     """
     precision = prec.resolve_precision(cfg.precision, device)
     prec.keep_master_weights(model)
     return _train(model, dataset, collate_fn, param_groups, cfg, work_dir, checkpoint_dir,
-                  on_step, extra_meta or {}, device, precision, before_checkpoint)
+                  on_step, extra_meta or {}, device, precision, before_checkpoint,
+                  strategy or StrategyConfig())
 
 
 def _train(model, dataset, collate_fn, param_groups, cfg, work_dir, checkpoint_dir, on_step,
-           extra_meta, device, precision, before_checkpoint) -> TrainResult:
-    amp = device.startswith("cuda") and precision != "fp32"  # mmengine's AMP wrapper autocasts
+           extra_meta, device, precision, before_checkpoint, strategy) -> TrainResult:
+    sharded = is_sharded(strategy.name)
+    deepspeed = strategy.name in ZERO_STAGES  # DeepSpeed's own bf16/fp16, our autocast
+    # mmengine's AMP wrapper autocasts
+    amp = device.startswith("cuda") and precision != "fp32" and not deepspeed
     autocast = None if amp else prec.autocast_dtype(model, precision)
     if cfg.packing:
         if not hasattr(dataset, "modality_lengths"):
@@ -148,6 +162,8 @@ def _train(model, dataset, collate_fn, param_groups, cfg, work_dir, checkpoint_d
 
     if not hasattr(dataset, "metainfo"):
         dataset.metainfo = {}  # mmengine's visualizer asks for it
+    if resume is not None:  # before any strategy wraps (shards) the model
+        ckpt_io.load_trainable(model, resume.path)
     done = resume.iteration if resume else 0
     batch_sampler.start = done  # resume: start after the batches already trained on
     loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn,
@@ -160,25 +176,34 @@ def _train(model, dataset, collate_fn, param_groups, cfg, work_dir, checkpoint_d
     logs = work_dir if main else Path(tempfile.mkdtemp(prefix="vlmtune-rank-"))
     bars = (progress_bar("train", total=max_iters, completed=done) if main
             else nullcontext(Bar(None, None)))
+    state = functools.partial(strategy_state, strategy=strategy.name,
+                              state_dict_type=strategy.state_dict_type)
     with bars as bar:
         hooks = [StepMetricsHook(on_step, bar),
                  CheckpointHook(checkpoint_dir, cfg.save_every, cfg.keep_last_n, max_iters,
-                                extra_meta, before_save=before_checkpoint)]
+                                extra_meta, before_save=before_checkpoint, state=state)]
         if resume is not None:
-            hooks.append(ResumeHook(resume))
-        runner = _Runner(
-            device=device,
+            hooks.append(ResumeHook(resume, state=state))
+        if sharded:
+            from vlmtune.training import flexible  # mmengine's FlexibleRunner, deepspeed
+
+            make_runner = functools.partial(
+                flexible.build_runner, strategy=strategy, cfg=cfg, precision=precision,
+                device=device, optimizer=optimizer, amp_precision=precision if amp else None)
+        else:
+            make_runner = functools.partial(
+                _Runner, device=device,
+                optim_wrapper=_optim_wrapper(optimizer, cfg, precision if amp else None))
+        runner = make_runner(
             model=_LossModel(model, device=device, autocast_dtype=autocast),
             work_dir=str(logs),
             train_dataloader=loader,
             train_cfg={"by_epoch": False, "max_iters": max_iters, "val_interval": max_iters + 1},
-            optim_wrapper=_optim_wrapper(optimizer, cfg, precision if amp else None),
             param_scheduler=_schedule(cfg, max_iters),
             # Our sampler is seeded per epoch itself: no DistSamplerSeedHook.
             default_hooks={"checkpoint": None, "sampler_seed": None,
                            "logger": {"type": "LoggerHook", "interval": max(1, max_iters // 10)}},
             custom_hooks=hooks,
-            launcher="none",
             randomness={"seed": cfg.seed},
             log_level="WARNING",
             experiment_name=f"vlmtune-{uuid.uuid4().hex[:8]}",
@@ -189,7 +214,7 @@ def _train(model, dataset, collate_fn, param_groups, cfg, work_dir, checkpoint_d
         finally:
             if not main:
                 shutil.rmtree(logs, ignore_errors=True)  # this rank's mmengine scratch
-    return TrainResult(max_iters, resume.iteration if resume else None)
+    return TrainResult(max_iters, resume.iteration if resume else None, model_consumed=sharded)
 
 
 class _Runner(Runner):
@@ -200,7 +225,7 @@ class _Runner(Runner):
 
     def __init__(self, *, device: str, **kwargs: Any) -> None:
         self._device = device
-        super().__init__(**kwargs)
+        super().__init__(launcher="none", **kwargs)
 
     def wrap_model(self, model_wrapper_cfg, model):
         model = model.to(self._device)  # the data preprocessor follows: batches go there too

@@ -14,16 +14,11 @@ from vlmtune.errors import CheckpointError
 from vlmtune.progress import Bar
 from vlmtune.training import checkpoint as ckpt_io
 from vlmtune.training import distributed
+from vlmtune.training.shard_state import ReplicatedState
 
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, dict[str, float]], None]
-
-
-def _inner_model(runner) -> Any:
-    """The model being trained, under mmengine's DDP wrapper when there is one."""
-    model = runner.model
-    return getattr(model, "module", model).model
 
 
 def _schedulers(runner) -> list[Any]:
@@ -64,16 +59,20 @@ class StepMetricsHook(Hook):
 class CheckpointHook(Hook):
     """Every ``every`` iterations (and at the end): write a checkpoint, keep the last N.
 
-    ``before_save(step)`` runs first (the pipeline flushes buffered step metrics there, so
-    every step a checkpoint covers has reached the tracker before the checkpoint exists).
+    Every rank takes part (a sharded strategy gathers the trainable weights and writes its
+    optimizer shard into the staging directory); rank 0 writes the rest, the marker last.
+    ``before_save(step)`` runs first on rank 0 (the pipeline flushes buffered step metrics
+    there, so every step a checkpoint covers has reached the tracker before the checkpoint
+    exists).
     """
 
     priority = "VERY_LOW"  # after the scheduler has stepped: saved state is the next step's
 
     def __init__(self, root: Path, every: int, keep_last_n: int, max_iters: int,
-                 extra: dict[str, Any], before_save: Callable[[int], None] | None = None) -> None:
+                 extra: dict[str, Any], before_save: Callable[[int], None] | None = None, *,
+                 state: Callable[[Any], ReplicatedState] = ReplicatedState) -> None:
         self.root, self.every, self.keep, self.max_iters = root, every, keep_last_n, max_iters
-        self.extra, self.before_save = extra, before_save
+        self.extra, self.before_save, self.state = extra, before_save, state
 
     def after_train_iter(self, runner, batch_idx: int, data_batch: Any = None,
                          outputs: dict | None = None) -> None:
@@ -81,22 +80,30 @@ class CheckpointHook(Hook):
         if step % self.every and step != self.max_iters:
             return
         optim_wrapper = runner.optim_wrapper
-        if optim_wrapper._inner_count % optim_wrapper._accumulative_counts:
+        counts = getattr(optim_wrapper, "_accumulative_counts", None)  # DeepSpeed counts itself
+        if counts and optim_wrapper._inner_count % counts:
             raise CheckpointError(f"iteration {step} is not an optimizer step (grad_accum "
-                                  f"{optim_wrapper._accumulative_counts}): refusing to save "
-                                  "a checkpoint with gradients still accumulating")
+                                  f"{counts}): refusing to save a checkpoint with gradients "
+                                  "still accumulating")
+        state = self.state(runner)
         ranks = distributed.gather(ckpt_io.rng_state())  # DDP: each rank's random state
-        if not distributed.is_main():
-            return  # rank 0 alone writes checkpoints
+        main = distributed.is_main()
+        if main:
+            ckpt_io.begin_checkpoint(self.root, step)
+        distributed.barrier()  # the staging directory exists for every rank
+        trainable = state.trainable()
+        state.save_optimizer(ckpt_io.staging_path(self.root, step))
+        distributed.barrier()  # every rank's share is written
+        if not main:
+            return  # rank 0 alone writes the rest
         if self.before_save is not None:
             self.before_save(step)
-        model = _inner_model(runner)
         sampler = runner.train_loop.dataloader.batch_sampler
-        path = ckpt_io.save_checkpoint(self.root, step, model=model,
-                                       optimizer=optim_wrapper.optimizer,
+        path = ckpt_io.save_checkpoint(self.root, step, trainable=trainable,
                                        schedulers=_schedulers(runner), extra=self.extra,
                                        sampler=_sampler_state(sampler, step),
-                                       scaler=_scaler_state(optim_wrapper), ranks=ranks)
+                                       scaler=_scaler_state(optim_wrapper), ranks=ranks,
+                                       staged=True)
         pruned = ckpt_io.prune_checkpoints(self.root, self.keep)
         log.info("saved %s%s", path, f" (pruned {len(pruned)})" if pruned else "")
 
@@ -112,7 +119,9 @@ def _scaler_state(optim_wrapper: Any) -> dict[str, Any] | None:
 
 
 class ResumeHook(Hook):
-    """Restores a checkpoint before training and its RNG state right before the next step.
+    """Restores a checkpoint's optimizer, schedulers and loss scale before training and its
+    RNG state right before the next step (the engine loads the trainable weights into the
+    model before it is wrapped).
 
     mmengine replays the data loader up to the restored iteration after ``before_train``.
     The batch sampler was built to start at that iteration (``fast_forwarded``), so the replay
@@ -122,14 +131,15 @@ class ResumeHook(Hook):
 
     priority = "VERY_HIGH"
 
-    def __init__(self, checkpoint: ckpt_io.Checkpoint, *, fast_forwarded: bool = True) -> None:
-        self.checkpoint, self.fast_forwarded = checkpoint, fast_forwarded
+    def __init__(self, checkpoint: ckpt_io.Checkpoint, *, fast_forwarded: bool = True,
+                 state: Callable[[Any], ReplicatedState] = ReplicatedState) -> None:
+        self.checkpoint, self.fast_forwarded, self.state = checkpoint, fast_forwarded, state
         self._rng: dict[str, Any] | None = None
 
     def before_train(self, runner) -> None:
         path, step = self.checkpoint.path, self.checkpoint.iteration
-        ckpt_io.load_trainable(_inner_model(runner), path)
-        self._rng = ckpt_io.load_training_state(path, optimizer=runner.optim_wrapper.optimizer,
+        self.state(runner).load_optimizer(path)
+        self._rng = ckpt_io.load_training_state(path, optimizer=None,
                                                 schedulers=_schedulers(runner))
         self._rng = _this_ranks(self._rng, path)
         scaler = self._rng.pop("scaler", None)

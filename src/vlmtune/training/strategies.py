@@ -1,51 +1,59 @@
 """``strategy=deepspeed_zero2|deepspeed_zero3|fsdp``: mmengine FlexibleRunner configs.
 
-:func:`check_strategy` refuses a strategy this machine cannot run (one line naming
-``strategy``); :func:`flexible_runner_config` builds the ``strategy`` and ``optim_wrapper``
-dicts mmengine's ``FlexibleRunner`` takes (DeepSpeedStrategy + DeepSpeedOptimWrapper, or
-FSDPStrategy + AmpOptimWrapper). Nothing here imports mmengine or deepspeed at import time.
+:func:`check_strategy` refuses a strategy this machine or recipe cannot run (one line naming
+``strategy``); :func:`flexible_runner_config` builds the ``strategy`` dict mmengine's
+``FlexibleRunner`` takes (DeepSpeedStrategy, or FSDPStrategy with one FSDP unit per module
+that trains). Both run on CUDA and, for trying a recipe out, on the CPU over gloo. Nothing
+here imports mmengine or deepspeed at import time.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from typing import Any
 
 from vlmtune.errors import ConfigError
 
 ZERO_STAGES = {"deepspeed_zero2": 2, "deepspeed_zero3": 3}
+SHARDED = (*ZERO_STAGES, "fsdp")  # through mmengine's FlexibleRunner
+FSDP_MIN_PARAMS = 1_000_000  # frozen modules are grouped into FSDP units of about this size
 
 
-def strategy_missing(name: str, device: str) -> list[str]:
-    """What ``strategy=name`` needs that this machine lacks."""
-    missing = [] if device.startswith("cuda") else [
-        f"CUDA (device resolves to {device!r})"]
+def is_sharded(name: str) -> bool:
+    return name in SHARDED
+
+
+def strategy_missing(name: str) -> list[str]:
+    """What ``strategy=name`` needs that this environment lacks."""
     if name in ZERO_STAGES and importlib.util.find_spec("deepspeed") is None:
-        missing.append("the deepspeed package (pip install deepspeed)")
-    return missing
+        return ["the deepspeed package (pip install 'vlmtune[deepspeed]')"]
+    return []
 
 
-def check_strategy(name: str, device: str, launcher: str) -> None:
-    if name == "ddp":
+def check_strategy(name: str, launcher: str, *, eval_every: int | None = None,
+                   method: str = "lora") -> None:
+    if not is_sharded(name):
         return
-    if missing := strategy_missing(name, device):
-        raise ConfigError(f"strategy={name} needs " + " and ".join(missing) +
-                          "; use strategy=ddp on this machine")
+    if missing := strategy_missing(name):
+        raise ConfigError(f"strategy={name} needs " + " and ".join(missing))
     if launcher != "torchrun":
         raise ConfigError(f"strategy={name} shards the model over processes: use it with "
                           "launcher=torchrun launcher.nproc_per_node=N")
-    raise ConfigError(f"strategy={name}: training through mmengine's FlexibleRunner is not "
-                      "wired into the train stage yet (flexible_runner_config builds its "
-                      "config); use strategy=ddp")
+    if eval_every is not None:
+        raise ConfigError(f"train.eval_every with strategy={name}: evaluating during training "
+                          "needs the whole model in one process; use strategy=ddp or drop "
+                          "train.eval_every")
+    if method == "qlora":
+        raise ConfigError(f"method=qlora with strategy={name}: 4-bit weights cannot be "
+                          "sharded here; use strategy=ddp")
 
 
-def flexible_runner_config(name: str, *, lr: float, weight_decay: float, grad_accum: int,
-                           max_grad_norm: float | None, batch_size: int, precision: str,
-                           offload_optimizer: bool = False,
-                           state_dict_type: str = "full") -> dict[str, Any]:
-    """``{"strategy": …, "optim_wrapper": …}`` for mmengine's FlexibleRunner."""
-    optimizer = {"type": "AdamW", "lr": lr, "weight_decay": weight_decay}
-    clip = {"max_norm": max_grad_norm} if max_grad_norm else None
+def flexible_runner_config(name: str, *, grad_accum: int, max_grad_norm: float | None,
+                           batch_size: int, precision: str, device: str,
+                           offload_optimizer: bool = False) -> dict[str, Any]:
+    """The ``strategy`` dict for mmengine's FlexibleRunner (its optimizer wrapper is built by
+    the engine: it clips by the global norm of sharded gradients)."""
     if name in ZERO_STAGES:
         zero: dict[str, Any] = {"stage": ZERO_STAGES[name], "overlap_comm": True,
                                 "contiguous_gradients": True}
@@ -53,22 +61,42 @@ def flexible_runner_config(name: str, *, lr: float, weight_decay: float, grad_ac
             zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
         if ZERO_STAGES[name] == 3:
             zero["stage3_gather_16bit_weights_on_model_save"] = True
-        strategy = {"type": "DeepSpeedStrategy", "zero_optimization": zero,
-                    "gradient_accumulation_steps": grad_accum,
-                    "train_micro_batch_size_per_gpu": batch_size,
-                    "gradient_clipping": max_grad_norm or 0.0,
-                    "bf16": {"enabled": precision == "bf16"},
-                    "fp16": {"enabled": precision == "fp16", "loss_scale": 0}}
-        wrapper = {"type": "DeepSpeedOptimWrapper", "optimizer": optimizer}
-        return {"strategy": strategy, "optim_wrapper": wrapper}
+        return {"type": "DeepSpeedStrategy", "zero_optimization": zero,
+                "gradient_accumulation_steps": grad_accum,
+                "train_micro_batch_size_per_gpu": batch_size,
+                "gradient_clipping": max_grad_norm or 0.0,
+                "bf16": {"enabled": precision == "bf16"},
+                "fp16": {"enabled": precision == "fp16", "loss_scale": 0}}
     if name == "fsdp":
-        strategy = {"type": "FSDPStrategy", "state_dict_cfg": state_dict_type,
-                    "model_wrapper": {"auto_wrap_policy": {
-                        "type": "torch.distributed.fsdp.wrap.size_based_auto_wrap_policy",
-                        "min_num_params": 1_000_000},
-                        "use_orig_params": True}}
-        wrapper = {"type": "AmpOptimWrapper", "optimizer": optimizer,
-                   "accumulative_counts": grad_accum, "clip_grad": clip,
-                   "dtype": {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32")}
-        return {"strategy": strategy, "optim_wrapper": wrapper}
+        import torch
+
+        on_cuda = device.startswith("cuda")
+        # FSDP places each unit on device_id; on the CPU it must be told so (else it asks
+        # for an accelerator).
+        device_id = torch.device(device).index or 0 if on_cuda else torch.device("cpu")
+        return {"type": "FSDPStrategy", "state_dict_cfg": "local",
+                "model_wrapper": {"type": "MMFullyShardedDataParallel",
+                                  "device_id": device_id,
+                                  "auto_wrap_policy": fsdp_wrap_policy(FSDP_MIN_PARAMS),
+                                  "use_orig_params": True}}
     raise ConfigError(f"strategy={name} is not a FlexibleRunner strategy")
+
+
+def fsdp_wrap_policy(min_num_params: int):
+    """Every module whose own parameters train is an FSDP unit of its own (a unit's flat
+    parameter needs one dtype: fp32 trainable weights never share one with bf16 frozen
+    weights), the frozen rest is grouped by size."""
+    from torch.distributed.fsdp.wrap import (
+        _or_policy,
+        lambda_auto_wrap_policy,
+        size_based_auto_wrap_policy,
+    )
+
+    return functools.partial(_or_policy, policies=[
+        functools.partial(lambda_auto_wrap_policy, lambda_fn=_trains_itself),
+        functools.partial(size_based_auto_wrap_policy, min_num_params=min_num_params)])
+
+
+def _trains_itself(module) -> bool:
+    own = list(module.parameters(recurse=False))
+    return bool(own) and any(p.requires_grad for p in own)
