@@ -123,6 +123,30 @@ def test_fsdp_config_builds_mmengine_fsdp_strategy_and_wraps_what_trains(tmp_pat
     assert policy(module=frozen, recurse=False, nonwrapped_numel=2_000_000)
 
 
+def test_fsdp_never_splits_a_tied_weight_over_units():
+    import torch
+
+    from vlmtune.training.strategies import fsdp_wrap_policy, tied_owners
+
+    class Tied(torch.nn.Module):  # input and output embeddings tied, as in Qwen2-0.5B
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.nn.Sequential(torch.nn.Embedding(8, 4), torch.nn.Linear(4, 4))
+            self.head = torch.nn.Linear(4, 8, bias=False)
+            self.head.weight = self.inner[0].weight
+
+    model = Tied()
+    tied = tied_owners(model)
+    assert tied == [{id(model.inner[0]), id(model.head)}]
+    policy = fsdp_wrap_policy(1_000_000, tied)
+    # every module trains (full fine-tuning): the untied linear is a unit; neither owner of
+    # the tied weight nor `inner` (one owner without the other) is; the root holds both.
+    assert policy(module=model.inner[1], recurse=False, nonwrapped_numel=20)
+    for module in (model.inner[0], model.head, model.inner):
+        assert not policy(module=module, recurse=False, nonwrapped_numel=2_000_000)
+    assert policy(module=model, recurse=False, nonwrapped_numel=2_000_000)
+
+
 def test_zero3_config_fits_mmengine_deepspeed_strategy():
     from mmengine._strategy import DeepSpeedStrategy
 

@@ -122,7 +122,8 @@ def build_runner(*, strategy: StrategyConfig, cfg: TrainConfig, precision: str, 
     config = flexible_runner_config(strategy.name, grad_accum=cfg.grad_accum,
                                     max_grad_norm=cfg.max_grad_norm, batch_size=cfg.batch_size,
                                     precision=precision, device=device,
-                                    offload_optimizer=strategy.offload_optimizer)
+                                    offload_optimizer=strategy.offload_optimizer,
+                                    model=runner_kwargs["model"])
     config["type"] = (_FSDPStrategy if config["type"] == "FSDPStrategy"
                       else _deepspeed_strategy())
     return FlexibleRunner(strategy=config, launcher="pytorch",

@@ -9,7 +9,6 @@ here imports mmengine or deepspeed at import time.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 from typing import Any
 
@@ -51,9 +50,12 @@ def check_strategy(name: str, launcher: str, *, eval_every: int | None = None,
 
 def flexible_runner_config(name: str, *, grad_accum: int, max_grad_norm: float | None,
                            batch_size: int, precision: str, device: str,
-                           offload_optimizer: bool = False) -> dict[str, Any]:
+                           offload_optimizer: bool = False,
+                           model: Any = None) -> dict[str, Any]:
     """The ``strategy`` dict for mmengine's FlexibleRunner (its optimizer wrapper is built by
-    the engine: it clips by the global norm of sharded gradients)."""
+    the engine: it clips by the global norm of sharded gradients). ``model``: the module FSDP
+    will wrap, whose tied parameters (e.g. input and output embeddings) decide what may be an
+    FSDP unit."""
     if name in ZERO_STAGES:
         zero: dict[str, Any] = {"stage": ZERO_STAGES[name], "overlap_comm": True,
                                 "contiguous_gradients": True}
@@ -77,24 +79,43 @@ def flexible_runner_config(name: str, *, grad_accum: int, max_grad_norm: float |
         return {"type": "FSDPStrategy", "state_dict_cfg": "local",
                 "model_wrapper": {"type": "MMFullyShardedDataParallel",
                                   "device_id": device_id,
-                                  "auto_wrap_policy": fsdp_wrap_policy(FSDP_MIN_PARAMS),
+                                  "auto_wrap_policy": fsdp_wrap_policy(
+                                      FSDP_MIN_PARAMS, tied_owners(model)),
                                   "use_orig_params": True}}
     raise ConfigError(f"strategy={name} is not a FlexibleRunner strategy")
 
 
-def fsdp_wrap_policy(min_num_params: int):
+def fsdp_wrap_policy(min_num_params: int, tied: list[set[int]] = ()):
     """Every module whose own parameters train is an FSDP unit of its own (a unit's flat
     parameter needs one dtype: fp32 trainable weights never share one with bf16 frozen
-    weights), the frozen rest is grouped by size."""
-    from torch.distributed.fsdp.wrap import (
-        _or_policy,
-        lambda_auto_wrap_policy,
-        size_based_auto_wrap_policy,
-    )
+    weights), the frozen rest is grouped by size; a module holding some but not all the owners
+    of a tied parameter (``tied``: the ids of each one's owners) is never a unit, so the tied
+    weight stays in one flat parameter."""
 
-    return functools.partial(_or_policy, policies=[
-        functools.partial(lambda_auto_wrap_policy, lambda_fn=_trains_itself),
-        functools.partial(size_based_auto_wrap_policy, min_num_params=min_num_params)])
+    def policy(module, recurse: bool, nonwrapped_numel: int) -> bool:
+        if recurse:
+            return True
+        if not (_trains_itself(module) or nonwrapped_numel >= min_num_params):
+            return False
+        return not tied or _holds_all_owners(module, tied)
+
+    return policy
+
+
+def tied_owners(model: Any) -> list[set[int]]:
+    """For each parameter owned by several modules, the ids of those modules."""
+    if model is None:
+        return []
+    owners: dict[int, set[int]] = {}
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            owners.setdefault(id(param), set()).add(id(module))
+    return [ids for ids in owners.values() if len(ids) > 1]
+
+
+def _holds_all_owners(module, tied: list[set[int]]) -> bool:
+    inside = {id(m) for m in module.modules()}
+    return all(ids <= inside for ids in tied if ids & inside)
 
 
 def _trains_itself(module) -> bool:
