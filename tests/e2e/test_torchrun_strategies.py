@@ -83,3 +83,18 @@ def test_sharded_strategy_trains_like_ddp_and_resumes_after_sigkill(
     assert set(adapter) == set(reference)
     for name, tensor in reference.items():
         assert float((adapter[name] - tensor).abs().max()) < LR, name
+
+
+@pytest.mark.slow
+def test_full_finetuning_with_tied_embeddings_under_fsdp_follows_ddp(tmp_path, shared_cache):
+    """The tiny model ties its input and output embeddings (as Qwen2-0.5B-based InternVL2-1B
+    does): under method=full both train, and FSDP must keep the tied weight in one unit."""
+    def train(strategy):
+        root = tmp_path / strategy
+        finish(start(overrides(root, shared_cache, "[ingest,train]", "method=full",
+                               f"strategy={strategy}")))
+        return root
+
+    fsdp, ddp = train("fsdp"), train("ddp")
+    assert_same_losses(losses(fsdp), losses(ddp))
+    assert (run_dir(fsdp) / "trained" / "config.json").is_file()
