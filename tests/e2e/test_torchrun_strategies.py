@@ -51,6 +51,11 @@ EXPECTED_SHARDS = {
     "deepspeed_zero3": ["zero_pp_rank_0_mp_rank_00_optim_states.pt",
                         "zero_pp_rank_1_mp_rank_00_optim_states.pt"],
 }
+EXPECTED_SHARDS["deepspeed_zero3-offload"] = EXPECTED_SHARDS["deepspeed_zero3"]
+
+
+VARIANTS = {"fsdp-local": ["strategy.state_dict_type=local"],
+            "deepspeed_zero3-offload": ["strategy.offload_optimizer=true"]}
 
 
 @pytest.mark.parametrize("strategy", [
@@ -58,12 +63,12 @@ EXPECTED_SHARDS = {
     "deepspeed_zero3",
     pytest.param("deepspeed_zero2", marks=pytest.mark.slow),  # ZeRO-3's code path, less
     pytest.param("fsdp-local", marks=pytest.mark.slow),
+    pytest.param("deepspeed_zero3-offload", marks=pytest.mark.slow),  # ZeRO-Offload
 ])
 def test_sharded_strategy_trains_like_ddp_and_resumes_after_sigkill(
         strategy, tmp_path, shared_cache, ddp_reference):
-    name, _, state_dict_type = strategy.partition("-")
-    args = overrides(tmp_path, shared_cache, "[ingest,train]", f"strategy={name}",
-                     f"strategy.state_dict_type={state_dict_type or 'full'}")
+    args = overrides(tmp_path, shared_cache, "[ingest,train]",
+                     f"strategy={strategy.partition('-')[0]}", *VARIANTS.get(strategy, []))
     kill_after_first_checkpoint(args, tmp_path)
     assert _shards(tmp_path, strategy) == EXPECTED_SHARDS[strategy]
     out = finish(start(args))

@@ -160,6 +160,8 @@ def test_zero3_config_fits_mmengine_deepspeed_strategy():
     inspect.signature(DeepSpeedStrategy.__init__).bind(None, **strategy)  # known keys only
     assert strategy["zero_optimization"]["stage"] == 3
     assert strategy["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    # offloaded, the optimizer vlmtune hands over (torch's AdamW) steps on the CPU
+    assert strategy["config"] == {"zero_force_ds_cpu_optimizer": False}
     assert (strategy["gradient_accumulation_steps"], strategy["train_micro_batch_size_per_gpu"],
             strategy["gradient_clipping"]) == (4, 3, 0.5)
     assert strategy["bf16"] == {"enabled": True}
