@@ -13,18 +13,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
-import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
-import transformers
+from _common import demo_ingested, quiet
 
-from vlmtune.config import compose_recipe, validate
-from vlmtune.data.ingest import ingest_dataset
-from vlmtune.data.synthetic import generate_foodie_synth
 from vlmtune.data.templates import get_template
 from vlmtune.evaluation.multiple_choice import MultipleChoiceScorer, load_items
 from vlmtune.models.loading import ensure_model_dir, load_model
@@ -49,17 +43,10 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    os.environ["VLMTUNE_PROGRESS"] = "0"
-    logging.disable(logging.WARNING)
-    warnings.filterwarnings("ignore")
-    transformers.utils.logging.disable_progress_bar()
+    quiet()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        recipe = validate(compose_recipe(["experiment=demo", f"cache_dir={tmp}"]))
-        synth = recipe.dataset.synthetic
-        generate_foodie_synth(Path(recipe.dataset.root), seed=synth.seed,
-                              num_dishes=synth.num_dishes, photos_per_dish=synth.photos_per_dish)
-        ingested = ingest_dataset(recipe.dataset, tmp / "ingested")
+        recipe, ingested = demo_ingested(tmp)
         base = load_items(ingested.heldout_path, Path(ingested.manifest["image_root"]))
         items = [dataclasses.replace(base[k % len(base)], id=f"{base[k % len(base)].id}-{k}")
                  for k in range(args.items)]

@@ -14,19 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import random
 import tempfile
-import warnings
 from pathlib import Path
 
-import transformers
+from _common import demo_ingested, quiet
 
-from vlmtune.config import compose_recipe, validate
 from vlmtune.data.collate import ConversationDataset
-from vlmtune.data.ingest import ingest_dataset
-from vlmtune.data.synthetic import generate_foodie_synth
 from vlmtune.data.templates import IMAGE_PLACEHOLDER, get_template
 from vlmtune.models.loading import ensure_model_dir, load_model
 from vlmtune.training.packing import PackedDataset
@@ -76,17 +70,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
-    os.environ["VLMTUNE_PROGRESS"] = "0"
-    logging.disable(logging.WARNING)
-    warnings.filterwarnings("ignore")
-    transformers.utils.logging.disable_progress_bar()
+    quiet()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        recipe = validate(compose_recipe(["experiment=demo", f"cache_dir={tmp}"]))
-        synth = recipe.dataset.synthetic
-        generate_foodie_synth(Path(recipe.dataset.root), seed=synth.seed,
-                              num_dishes=synth.num_dishes, photos_per_dish=synth.photos_per_dish)
-        ingested = ingest_dataset(recipe.dataset, tmp / "ingested")
+        recipe, ingested = demo_ingested(tmp)
         records = mixed_records(ingested.train_path)
         path = tmp / "mixed.jsonl"
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),

@@ -13,22 +13,16 @@ on a shared machine. Target: engine ≥ 0.95 × plain.
 from __future__ import annotations
 
 import argparse
-import logging
 import math
-import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
-import transformers
+from _common import demo_ingested, quiet
 from torch.utils.data import DataLoader
 
-from vlmtune.config import compose_recipe, validate
 from vlmtune.data.collate import Collator, ConversationDataset
-from vlmtune.data.ingest import ingest_dataset
-from vlmtune.data.synthetic import generate_foodie_synth
 from vlmtune.data.templates import get_template
 from vlmtune.models.loading import ensure_model_dir, load_model
 from vlmtune.models.methods import apply_method
@@ -57,13 +51,9 @@ class Cached(torch.utils.data.Dataset):
 
 
 def setup(cache: Path, iters: int):
-    recipe = validate(compose_recipe(["experiment=demo", f"cache_dir={cache}",
-                                      f"train.max_iters={iters}", f"train.save_every={iters}",
-                                      "train.grad_accum=2", "train.warmup_ratio=0.1"]))
-    synth = recipe.dataset.synthetic
-    generate_foodie_synth(Path(recipe.dataset.root), seed=synth.seed,
-                          num_dishes=synth.num_dishes, photos_per_dish=synth.photos_per_dish)
-    ingested = ingest_dataset(recipe.dataset, cache / "ingested")
+    recipe, ingested = demo_ingested(cache, f"train.max_iters={iters}",
+                                     f"train.save_every={iters}", "train.grad_accum=2",
+                                     "train.warmup_ratio=0.1")
     image_root = Path(ingested.manifest["image_root"])
     model_dir = ensure_model_dir(recipe.model)
     loaded = load_model(model_dir, recipe.model)
@@ -171,10 +161,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    os.environ["VLMTUNE_PROGRESS"] = "0"
-    logging.disable(logging.WARNING)
-    warnings.filterwarnings("ignore")
-    transformers.utils.logging.disable_progress_bar()
+    quiet()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         recipe, model_dir, dataset, collate = setup(tmp / "cache", args.iters)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from vlmtune.errors import CheckpointError
+from vlmtune.training import checkpoint as ckpt_io
 from vlmtune.training import distributed
 
 _FSDP_PREFIX = re.compile(r"(^|\.)_fsdp_wrapped_module\.")
@@ -49,9 +50,7 @@ class ReplicatedState:
         if not distributed.is_main():
             return None
         model = self.runner.model
-        root = getattr(model, "module", model)  # under DDP's wrapper
-        return {inner_name(n): p.detach().contiguous().cpu()
-                for n, p in root.named_parameters() if p.requires_grad}
+        return ckpt_io.trainable_state(getattr(model, "module", model).model)  # DDP's wrapper
 
     def save_optimizer(self, directory: Path) -> None:
         if distributed.is_main():
